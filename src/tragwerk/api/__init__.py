@@ -1,0 +1,1 @@
+"""The HTTP entrypoint: app, routes, dependencies and the mapping of errors to problems."""

@@ -1,0 +1,39 @@
+"""The FastAPI application, assembled from already-built services."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+import tragwerk
+from tragwerk.api import errors
+from tragwerk.api.middleware import BodyLimit, RequestMetrics
+from tragwerk.api.routes import cases, health, reference, users, webhooks
+from tragwerk.api.services import Services
+
+
+def create_app(services: Services, *, dispose_engine: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if dispose_engine:
+                await services.engine.dispose()
+
+    app = FastAPI(
+        title="tragwerk",
+        version=tragwerk.__version__,
+        description="Case management whose performance and scalability layer is the point.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    errors.install(app)
+    for module in (health, cases, reference, users, webhooks):
+        app.include_router(module.router)
+    # Outermost first: metrics see every request, including the ones BodyLimit refuses.
+    app.add_middleware(BodyLimit, limit=services.settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=services.metrics)
+    return app

@@ -1,0 +1,51 @@
+"""Bearer-token authentication and per-route permission checks."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from tragwerk.api.services import Services
+from tragwerk.domain.directory import Permission, Principal
+from tragwerk.domain.errors import Forbidden, Unauthenticated
+
+MAX_TOKEN_LENGTH = 256
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+async def principal(request: Request) -> Principal:
+    header = request.headers.get("authorization")
+    if header is None:
+        raise Unauthenticated("send 'Authorization: Bearer <token>'")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise Unauthenticated("the token is invalid, revoked or expired")
+    found = await services(request).directory.authenticate(token)
+    if found is None:
+        raise Unauthenticated("the token is invalid, revoked or expired")
+    request.state.principal = found
+    return found
+
+
+def require(permission: Permission) -> Callable[[Principal], Awaitable[Principal]]:
+    """A dependency that authenticates and then checks one permission."""
+
+    async def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
+        if not who.can(permission):
+            raise Forbidden(f"this token lacks the '{permission.value}' permission")
+        return who
+
+    check.__name__ = f"require_{permission.name.lower()}"
+    return check
+
+
+Svc = Annotated[Services, Depends(services)]

@@ -1,0 +1,19 @@
+"""JSON responses rendered with orjson from plain rows (no model round trip on hot paths)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+class ProblemJSON(JSON):
+    media_type = "application/problem+json"

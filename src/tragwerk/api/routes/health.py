@@ -1,0 +1,48 @@
+"""/health/live, /health/ready and /metrics: never authenticated, never shed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from fastapi import APIRouter
+from sqlalchemy import text
+from starlette.responses import Response
+
+from tragwerk.api.auth import Svc
+from tragwerk.api.responses import JSON
+from tragwerk.monitoring.metrics import CONTENT_TYPE
+
+router = APIRouter(tags=["health"])
+log = structlog.get_logger("tragwerk.health")
+
+READY_TIMEOUT_SECONDS = 2.0
+
+
+@router.get("/health/live", summary="The process is running")
+async def live() -> Response:
+    return JSON({"status": "ok"})
+
+
+@router.get("/health/ready", summary="The process can serve: its database answers")
+async def ready(svc: Svc) -> Response:
+    checks: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+            async with svc.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+        svc.metrics.module_up.labels("store").set(1)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"; logged below
+        log.warning("readiness check failed", check="database", error=repr(exc))
+        checks["database"] = f"failing: {type(exc).__name__}"
+        svc.metrics.module_up.labels("store").set(0)
+    ok = all(v == "ok" for v in checks.values())
+    return JSON(
+        {"status": "ok" if ok else "failing", "checks": checks}, status_code=200 if ok else 503
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics of this process")
+async def metrics(svc: Svc) -> Response:
+    return Response(svc.metrics.render(), media_type=CONTENT_TYPE)

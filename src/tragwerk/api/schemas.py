@@ -1,0 +1,275 @@
+"""Request and response bodies. Requests refuse unknown fields and wrong JSON types.
+
+Fields use Strict* types because FastAPI validates the parsed JSON in Python mode,
+where lax mode would turn "12" into 12; enums and datetimes stay lax so their JSON
+string forms are accepted.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from tragwerk.domain.cases import Priority, Status
+
+Id = Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]
+Version = Annotated[StrictInt, Field(ge=1, le=2**31 - 1)]
+Title = Annotated[StrictStr, Field(min_length=1, max_length=300)]
+Description = Annotated[StrictStr, Field(max_length=20_000)]
+Name = Annotated[StrictStr, Field(min_length=1, max_length=200)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- cases --------------------------------------------------------------------------
+class CaseCreate(Body):
+    title: Title
+    description: Description = ""
+    priority: Priority = Priority.NORMAL
+    location_id: Id
+    reporter_id: Id | None = Field(
+        None, description="Defaults to the calling user; required for service clients"
+    )
+    assignee_ids: list[Id] = Field(default_factory=list, max_length=50)
+
+
+class CaseUpdate(Body):
+    version: Version | None = Field(
+        None, description="The version you read; or send it as If-Match instead"
+    )
+    title: Title | None = None
+    description: Description | None = None
+    priority: Priority | None = None
+    location_id: Id | None = None
+
+
+class StatusChange(Body):
+    status: Status
+    version: Version | None = Field(None, description="Or send it as If-Match")
+
+
+class AssigneesAdd(Body):
+    user_ids: list[Id] = Field(min_length=1, max_length=50)
+    version: Version | None = None
+
+
+class Assignee(BaseModel):
+    user_id: int
+    name: str
+    assigned_at: datetime
+
+
+class CaseSummary(BaseModel):
+    id: int
+    number: str
+    title: str
+    status: Status
+    priority: Priority
+    sla_due_at: datetime
+    location_id: int
+    reporter_id: int
+    created_at: datetime
+    updated_at: datetime
+    version: int
+    assignees: list[Assignee]
+
+
+class Case(CaseSummary):
+    description: str
+
+
+class CasePage(BaseModel):
+    items: list[CaseSummary]
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page; null at the end"
+    )
+
+
+class HistoryEntry(BaseModel):
+    id: int
+    action: str
+    changes: dict[str, object]
+    actor_user_id: int | None
+    actor_service_client_id: int | None
+    at: datetime
+
+
+class HistoryPage(BaseModel):
+    items: list[HistoryEntry]
+    next_cursor: str | None
+
+
+# -- directory ----------------------------------------------------------------------
+class Country(BaseModel):
+    code: str
+    alpha3: str
+    name: str
+
+
+class LocationCreate(Body):
+    name: Name
+    country_code: Annotated[StrictStr, Field(min_length=2, max_length=2)]
+    time_zone: Annotated[StrictStr, Field(min_length=1, max_length=64)]
+
+
+class LocationUpdate(Body):
+    name: Name | None = None
+    country_code: Annotated[StrictStr, Field(min_length=2, max_length=2)] | None = None
+    time_zone: Annotated[StrictStr, Field(min_length=1, max_length=64)] | None = None
+
+
+class Location(BaseModel):
+    id: int
+    name: str
+    country_code: str
+    time_zone: str
+    created_at: datetime
+
+
+PermissionList = Annotated[list[Annotated[StrictStr, Field(max_length=64)]], Field(max_length=64)]
+
+
+class RoleCreate(Body):
+    name: Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_-]*$")]
+    permissions: PermissionList
+
+
+class RoleUpdate(Body):
+    permissions: PermissionList
+
+
+class Role(BaseModel):
+    id: int
+    name: str
+    permissions: list[str]
+
+
+Email = Annotated[
+    StrictStr, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+]
+
+
+class UserCreate(Body):
+    email: Email
+    name: Name
+    role_id: Id
+    location_id: Id | None = None
+    active: StrictBool = True
+
+
+class UserUpdate(Body):
+    email: Email | None = None
+    name: Name | None = None
+    role_id: Id | None = None
+    location_id: Id | None = None
+    active: StrictBool | None = None
+
+
+class User(BaseModel):
+    id: int
+    email: str
+    name: str
+    role_id: int
+    location_id: int | None
+    active: bool
+    created_at: datetime
+
+
+class UserPage(BaseModel):
+    items: list[User]
+    next_cursor: str | None
+
+
+class ServiceClientCreate(Body):
+    name: Name
+    role_id: Id
+    internal: StrictBool = False
+
+
+class ServiceClient(BaseModel):
+    id: int
+    name: str
+    role_id: int
+    internal: bool
+    active: bool
+    created_at: datetime
+
+
+class TokenCreate(Body):
+    name: Name
+    user_id: Id | None = Field(None, description="Another user's id (needs tokens:write)")
+    service_client_id: Id | None = Field(None, description="A service client's id (tokens:write)")
+    expires_at: datetime | None = None
+
+
+class Token(BaseModel):
+    id: int
+    name: str
+    user_id: int | None
+    service_client_id: int | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class TokenCreated(Token):
+    token: str = Field(description="The secret; shown once, only its hash is stored")
+
+
+# -- webhooks and notifications -----------------------------------------------------
+EventTypes = Annotated[
+    list[Annotated[StrictStr, Field(min_length=1, max_length=64)]],
+    Field(min_length=1, max_length=32),
+]
+
+
+class WebhookCreate(Body):
+    url: AnyHttpUrl
+    secret: Annotated[StrictStr, Field(min_length=16, max_length=256)]
+    event_types: EventTypes
+    active: StrictBool = True
+
+
+class WebhookUpdate(Body):
+    url: AnyHttpUrl | None = None
+    secret: Annotated[StrictStr, Field(min_length=16, max_length=256)] | None = None
+    event_types: EventTypes | None = None
+    active: StrictBool | None = None
+
+
+class Webhook(BaseModel):
+    id: int
+    url: str
+    event_types: list[str]
+    active: bool
+    created_at: datetime
+
+
+class Notification(BaseModel):
+    id: int
+    user_id: int
+    case_id: int | None
+    kind: str
+    title: str
+    body: str
+    created_at: datetime
+    read_at: datetime | None
+
+
+class NotificationPage(BaseModel):
+    items: list[Notification]
+    next_cursor: str | None
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None

@@ -1,0 +1,49 @@
+"""Composition root: Settings -> engine, stores, metrics -> the app. Nothing runs at import."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tragwerk.api.app import create_app
+from tragwerk.api.services import Services
+from tragwerk.monitoring.metrics import Metrics
+from tragwerk.settings import Settings
+from tragwerk.store.database import create_engine
+from tragwerk.store.queries.cases import CaseStore
+from tragwerk.store.queries.directory import DirectoryStore
+from tragwerk.store.queries.notifications import NotificationStore
+from tragwerk.store.queries.webhooks import WebhookStore
+
+
+def build_services(
+    settings: Settings, database_url: str, engine: AsyncEngine | None = None
+) -> Services:
+    engine = engine or create_engine(
+        database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
+    )
+    metrics = Metrics()
+    return Services(
+        settings=settings,
+        engine=engine,
+        metrics=metrics,
+        cases=CaseStore(engine, metrics.module("cases"), settings.sla_policy),
+        directory=DirectoryStore(engine, metrics.module("directory")),
+        webhooks=WebhookStore(engine),
+        notifications=NotificationStore(engine),
+    )
+
+
+def build_app(settings: Settings, database_url: str) -> FastAPI:
+    return create_app(build_services(settings, database_url))
+
+
+def app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory` and `tragwerk api --workers N` (one app per process)."""
+    from tragwerk.monitoring.logging import configure_logging
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    if settings.database_url is None:
+        raise RuntimeError("set TRAGWERK_DATABASE_URL to serve a shared database")
+    return build_app(settings, settings.database_url)

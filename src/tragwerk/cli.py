@@ -1,0 +1,259 @@
+"""`tragwerk` commands: up, api, migrate, seed. See docs/commands.md."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tragwerk.settings import Settings, SettingsError
+
+ADMIN_EMAIL = "admin@localhost"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tragwerk", description="Case management with a performance and scalability layer."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser(
+        "up",
+        help="start everything: database (embedded unless TRAGWERK_DATABASE_URL), migrations, API",
+    )
+    up.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    up.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    up.add_argument("--data-dir", type=Path, help="where the embedded database lives (./var)")
+
+    api = sub.add_parser("api", help="serve the API against TRAGWERK_DATABASE_URL (scaled profile)")
+    api.add_argument("--host")
+    api.add_argument("--port", type=int)
+    api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+
+    migrate = sub.add_parser("migrate", help="bring the database schema up to date")
+    migrate.add_argument("--data-dir", type=Path, help="embedded database directory (./var)")
+
+    seed = sub.add_parser("seed", help="fill the database with realistic data, fast (COPY)")
+    seed.add_argument("--cases", type=int, required=True, help="how many cases to add")
+    seed.add_argument("--users", type=int, help="seeded agents wanted (default cases/200)")
+    seed.add_argument("--random-seed", type=int, default=7)
+    seed.add_argument("--data-dir", type=Path, help="embedded database directory (./var)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"tragwerk: {exc}", file=sys.stderr)
+        return 2
+    overrides: dict[str, object] = {}
+    for name in ("host", "port", "data_dir"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    settings = settings.with_overrides(**overrides)
+
+    from tragwerk.monitoring.logging import configure_logging
+
+    configure_logging(settings.log_level)
+    command = args.command
+    if command == "up":
+        return _up(settings)
+    if command == "api":
+        return _api(settings, args.workers)
+    if command == "migrate":
+        return _with_database(settings, _migrate)
+    if command == "seed":
+        if args.cases < 1:
+            print("tragwerk: --cases must be at least 1", file=sys.stderr)
+            return 2
+        return _with_database(
+            settings, lambda url: _seed(settings, url, args.cases, args.users, args.random_seed)
+        )
+    raise AssertionError(command)  # argparse refuses unknown commands
+
+
+def _with_database(settings: Settings, run: object) -> int:
+    """Run `run(url)` against the configured database, starting the embedded one if needed."""
+    from tragwerk.store.embedded import EmbeddedPostgres
+
+    assert callable(run)
+    embedded = None
+    url = settings.database_url
+    if url is None:
+        embedded = EmbeddedPostgres(settings.data_dir)
+        print(
+            f"tragwerk: starting the embedded PostgreSQL in {settings.data_dir.resolve()}",
+            file=sys.stderr,
+        )
+        url = embedded.start()
+    try:
+        result = run(url)
+        return int(result) if isinstance(result, int) else 0
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def _migrate(url: str) -> int:
+    from tragwerk.store.database import create_engine
+    from tragwerk.store.migrate import current_revision, upgrade
+
+    async def go() -> None:
+        engine = create_engine(url, pool_size=1, max_overflow=0)
+        try:
+            await upgrade(engine)
+            print(f"tragwerk: schema at revision {await current_revision(engine)}", file=sys.stderr)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(go())
+    return 0
+
+
+def _seed(settings: Settings, url: str, cases: int, users: int | None, random_seed: int) -> int:
+    from tqdm import tqdm
+
+    from tragwerk.store.database import create_engine
+    from tragwerk.store.migrate import upgrade
+    from tragwerk.store.seed import seed
+
+    async def go() -> None:
+        engine = create_engine(url, pool_size=1, max_overflow=0)
+        try:
+            await upgrade(engine)
+            with tqdm(total=cases, unit="case", unit_scale=True, desc="seeding") as bar:
+                await seed(
+                    engine,
+                    cases,
+                    sla=settings.sla_policy,
+                    users=users,
+                    random_seed=random_seed,
+                    progress=bar.update,
+                )
+            print("tragwerk: indexes rebuilt and statistics updated", file=sys.stderr)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(go())
+    return 0
+
+
+async def _ensure_admin(url: str, token_file: Path) -> str | None:
+    """On first start create an admin user and write its token to `token_file` (0600)."""
+    from sqlalchemy import func, select
+
+    from tragwerk.monitoring.metrics import Metrics
+    from tragwerk.store.database import create_engine
+    from tragwerk.store.queries.directory import DirectoryStore
+    from tragwerk.store.tables import users
+
+    engine = create_engine(url, pool_size=1, max_overflow=0)
+    try:
+        directory = DirectoryStore(engine, Metrics().module("directory"))
+        async with engine.begin() as conn:
+            if await conn.scalar(select(func.count()).select_from(users)):
+                return None
+            role_id = await directory.role_id(conn, "admin")
+            admin = await directory.create_user(
+                {"email": ADMIN_EMAIL, "name": "Administrator", "role_id": role_id}, conn=conn
+            )
+            token, _row = await directory.create_token(
+                name="created by tragwerk up",
+                user_id=admin["id"],
+                service_client_id=None,
+                expires_at=None,
+                conn=conn,
+            )
+            # Written before commit: if writing fails, no admin exists without its token.
+            token_file.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(token + "\n")
+            os.chmod(token_file, 0o600)
+        return token
+    finally:
+        await engine.dispose()
+
+
+def _serve(settings: Settings, url: str) -> None:
+    import uvicorn
+
+    from tragwerk.bootstrap import build_app
+
+    config = uvicorn.Config(
+        build_app(settings, url),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # our JSON logging stays in charge
+        access_log=False,  # per-request lines cost CPU; /metrics counts requests instead
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+    uvicorn.Server(config).run()
+
+
+def _up(settings: Settings) -> int:
+    token_file = settings.data_dir / "admin.token"
+
+    def run(url: str) -> int:
+        _migrate(url)
+        created = asyncio.run(_ensure_admin(url, token_file))
+        where = token_file.resolve()
+        if created:
+            print(
+                f"tragwerk: created the admin user {ADMIN_EMAIL}; its token is in {where}",
+                file=sys.stderr,
+            )
+        elif token_file.exists():
+            print(f"tragwerk: the admin token is in {where}", file=sys.stderr)
+        print(
+            f"tragwerk: serving on http://{settings.host}:{settings.port} "
+            f"(API docs at /docs); Ctrl-C stops",
+            file=sys.stderr,
+        )
+        _serve(settings, url)
+        print("tragwerk: stopped", file=sys.stderr)
+        return 0
+
+    return _with_database(settings, run)
+
+
+def _api(settings: Settings, workers: int) -> int:
+    if settings.database_url is None:
+        print(
+            "tragwerk: 'api' serves a shared database; set TRAGWERK_DATABASE_URL "
+            "(or use 'tragwerk up' for the embedded one)",
+            file=sys.stderr,
+        )
+        return 2
+    if workers < 1:
+        print("tragwerk: --workers must be at least 1", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    if workers == 1:
+        _serve(settings, settings.database_url)
+        return 0
+    os.environ["TRAGWERK_HOST"] = settings.host
+    os.environ["TRAGWERK_PORT"] = str(settings.port)
+    uvicorn.run(
+        "tragwerk.bootstrap:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""The directory: roles and the permissions they grant."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Permission(StrEnum):
+    CASES_READ = "cases:read"
+    CASES_WRITE = "cases:write"
+    USERS_READ = "users:read"
+    USERS_WRITE = "users:write"
+    REFERENCE_READ = "reference:read"
+    REFERENCE_WRITE = "reference:write"
+    TOKENS_WRITE = "tokens:write"
+    WEBHOOKS_READ = "webhooks:read"
+    WEBHOOKS_WRITE = "webhooks:write"
+    NOTIFICATIONS_READ = "notifications:read"
+
+
+ALL_PERMISSIONS = frozenset(Permission)
+
+# The roles a fresh installation starts with; admins may add more through the API.
+BUILTIN_ROLES: Mapping[str, frozenset[Permission]] = {
+    "admin": ALL_PERMISSIONS,
+    "agent": frozenset(
+        {
+            Permission.CASES_READ,
+            Permission.CASES_WRITE,
+            Permission.USERS_READ,
+            Permission.REFERENCE_READ,
+            Permission.NOTIFICATIONS_READ,
+        }
+    ),
+    "viewer": frozenset(
+        {
+            Permission.CASES_READ,
+            Permission.USERS_READ,
+            Permission.REFERENCE_READ,
+            Permission.NOTIFICATIONS_READ,
+        }
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a user or a service client, with the permissions of its role."""
+
+    token_id: int
+    user_id: int | None
+    service_client_id: int | None
+    internal: bool
+    permissions: frozenset[str]
+
+    def can(self, permission: Permission) -> bool:
+        return permission.value in self.permissions

@@ -1,0 +1,119 @@
+"""One Prometheus registry per process and the module reporters that write to it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# Buckets from 0.5 ms to 10 s: database operations and requests both land inside.
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """The process's registry with the module and HTTP metric families."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.module_up = Gauge(
+            "tragwerk_module_up",
+            "1 while the module works, 0 while it is failing",
+            ["module"],
+            registry=self.registry,
+        )
+        self.operation_seconds = Histogram(
+            "tragwerk_module_operation_seconds",
+            "Duration of module operations",
+            ["module", "operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.operation_errors = Counter(
+            "tragwerk_module_errors",
+            "Module operations that raised",
+            ["module", "operation"],
+            registry=self.registry,
+        )
+        self.http_requests = Counter(
+            "tragwerk_http_requests",
+            "HTTP requests by route template, method and status code",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.http_seconds = Histogram(
+            "tragwerk_http_request_seconds",
+            "HTTP request duration by route template and method",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.http_in_flight = Gauge(
+            "tragwerk_http_requests_in_flight",
+            "HTTP requests being served",
+            registry=self.registry,
+        )
+
+    def module(self, name: str) -> ModuleMonitor:
+        return ModuleMonitor(self, name)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class ModuleMonitor:
+    """A `ModuleReporter` that writes one module's figures to the registry."""
+
+    def __init__(self, metrics: Metrics, module: str) -> None:
+        self._metrics = metrics
+        self._module = module
+        self._up = metrics.module_up.labels(module)
+        self._up.set(1)
+        self._timers: dict[str, tuple[Histogram, Counter]] = {}
+
+    def _children(self, operation: str) -> tuple[Histogram, Counter]:
+        children = self._timers.get(operation)
+        if children is None:
+            children = (
+                self._metrics.operation_seconds.labels(self._module, operation),
+                self._metrics.operation_errors.labels(self._module, operation),
+            )
+            self._timers[operation] = children
+        return children
+
+    def operation(self, name: str) -> AbstractContextManager[None]:
+        return self._operation(name)
+
+    @contextmanager
+    def _operation(self, name: str) -> Iterator[None]:
+        seconds, errors = self._children(name)
+        start = time.perf_counter()
+        try:
+            yield
+        except BaseException:
+            errors.inc()
+            raise
+        finally:
+            seconds.observe(time.perf_counter() - start)
+
+    def set_healthy(self, healthy: bool) -> None:
+        self._up.set(1 if healthy else 0)

@@ -1,0 +1,72 @@
+"""One frozen Settings object, read from the environment once per entrypoint."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from tragwerk.domain.cases import SlaPolicy
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value tragwerk cannot use."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting tragwerk reads. Documented in docs/configuration.md."""
+
+    # None means: start the embedded PostgreSQL in data_dir (the zero-set-up profile).
+    database_url: str | None = None
+    data_dir: Path = Path("var")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    db_pool_size: int = 10
+    db_max_overflow: int = 10
+    max_body_bytes: int = 1_048_576
+    page_size_default: int = 50
+    page_size_max: int = 200
+    sla_policy: SlaPolicy = field(default_factory=SlaPolicy)
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        try:
+            sla_policy = SlaPolicy.parse(env.get("TRAGWERK_SLA_HOURS", ""))
+        except ValueError as exc:
+            raise SettingsError(f"TRAGWERK_SLA_HOURS: {exc}") from None
+        settings = cls(
+            database_url=env.get("TRAGWERK_DATABASE_URL") or None,
+            data_dir=Path(env.get("TRAGWERK_DATA_DIR") or "var"),
+            host=env.get("TRAGWERK_HOST") or "127.0.0.1",
+            port=_int(env, "TRAGWERK_PORT", 8000, minimum=0),
+            db_pool_size=_int(env, "TRAGWERK_DB_POOL_SIZE", 10),
+            db_max_overflow=_int(env, "TRAGWERK_DB_MAX_OVERFLOW", 10, minimum=0),
+            max_body_bytes=_int(env, "TRAGWERK_MAX_BODY_BYTES", 1_048_576, minimum=64),
+            page_size_default=_int(env, "TRAGWERK_PAGE_SIZE_DEFAULT", 50),
+            page_size_max=_int(env, "TRAGWERK_PAGE_SIZE_MAX", 200),
+            sla_policy=sla_policy,
+            log_level=(env.get("TRAGWERK_LOG_LEVEL") or "info").lower(),
+        )
+        if settings.page_size_default > settings.page_size_max:
+            raise SettingsError("TRAGWERK_PAGE_SIZE_DEFAULT must not exceed TRAGWERK_PAGE_SIZE_MAX")
+        return settings
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]

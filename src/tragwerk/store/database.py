@@ -1,0 +1,45 @@
+"""The async engine and what it needs: URL normalisation, pool settings, query counting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+
+def async_url(url: str) -> str:
+    """Accept postgres://, postgresql:// or postgresql+asyncpg:// and return the asyncpg form."""
+    parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    if parsed.get_backend_name() != "postgresql":
+        raise ValueError(f"tragwerk needs PostgreSQL, got a {parsed.get_backend_name()!r} URL")
+    return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+
+
+def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
+    return create_async_engine(
+        async_url(url),
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        # A dead connection fails one query; pre-ping would cost a round trip per checkout.
+        pool_pre_ping=False,
+        connect_args={"server_settings": {"application_name": "tragwerk"}},
+    )
+
+
+@dataclass
+class QueryCounter:
+    """Counts statements sent through an engine; used by tests and benchmarks."""
+
+    count: int = 0
+
+    def _on_execute(self, *_args: object) -> None:
+        self.count += 1
+
+    def attach(self, engine: AsyncEngine) -> QueryCounter:
+        event.listen(engine.sync_engine, "before_cursor_execute", self._on_execute)
+        return self
+
+    def detach(self, engine: AsyncEngine) -> None:
+        event.remove(engine.sync_engine, "before_cursor_execute", self._on_execute)

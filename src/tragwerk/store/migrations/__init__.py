@@ -1,0 +1,1 @@
+"""Alembic migrations. Run with `tragwerk migrate` (see tragwerk.store.migrate)."""

@@ -1,0 +1,422 @@
+"""Cases: the list query with keyset pagination, and every write in one transaction.
+
+Relation data is fetched separately: a page of cases is one query, the assignees of
+the whole page one more (`assignees_of`), so the query count does not grow with the
+page size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import BigInteger, Interval, and_, any_, func, literal, select, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tragwerk.domain.cases import Priority, SlaPolicy, Status, check_transition
+from tragwerk.domain.directory import Principal
+from tragwerk.domain.errors import InvalidReference, NotFound, StaleVersion
+from tragwerk.domain.observability import ModuleReporter
+from tragwerk.store import cursor
+from tragwerk.store.queries import Row
+from tragwerk.store.tables import case_assignees, case_history, cases, locations, users
+
+SORTS = ("created", "sla_due")
+
+SUMMARY_COLUMNS = (
+    cases.c.id,
+    cases.c.number,
+    cases.c.title,
+    cases.c.status,
+    cases.c.priority,
+    cases.c.sla_due_at,
+    cases.c.location_id,
+    cases.c.reporter_id,
+    cases.c.created_at,
+    cases.c.updated_at,
+    cases.c.version,
+)
+DETAIL_COLUMNS = (*SUMMARY_COLUMNS, cases.c.description)
+
+
+@dataclass(frozen=True)
+class CaseFilter:
+    status: Sequence[Status] = ()
+    priority: Sequence[Priority] = ()
+    location_id: int | None = None
+    assignee_id: int | None = None
+    sla_due_before: datetime | None = None
+    title_contains: str | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Row]
+    next_cursor: str | None
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def list_query(flt: CaseFilter, sort: str, after: str | None, limit: int) -> Any:
+    """The page query. Indexes (migration 0001), chosen by the planner per filter:
+
+    sort=created  -> cases_status_location_created_idx, cases_status_created_idx,
+                     cases_location_created_idx, cases_priority_created_idx, cases_created_idx
+    sort=sla_due  -> cases_status_sla_idx, cases_sla_idx
+    assignee      -> case_assignees_user_idx, then the cases primary key
+    title text    -> cases_title_trgm_idx (pg_trgm GIN) when it is selective
+    """
+    query = select(*SUMMARY_COLUMNS)
+    conditions: list[Any] = []
+    if flt.status:
+        conditions.append(
+            cases.c.status == flt.status[0]
+            if len(flt.status) == 1
+            else cases.c.status.in_([s.value for s in flt.status])
+        )
+    if flt.priority:
+        conditions.append(
+            cases.c.priority == flt.priority[0]
+            if len(flt.priority) == 1
+            else cases.c.priority.in_([p.value for p in flt.priority])
+        )
+    if flt.location_id is not None:
+        conditions.append(cases.c.location_id == flt.location_id)
+    if flt.assignee_id is not None:
+        assigned = select(case_assignees.c.case_id).where(
+            case_assignees.c.user_id == flt.assignee_id
+        )
+        conditions.append(cases.c.id.in_(assigned))
+    if flt.sla_due_before is not None:
+        conditions.append(cases.c.sla_due_at < flt.sla_due_before)
+    if flt.title_contains:
+        conditions.append(
+            cases.c.title.ilike("%" + _escape_like(flt.title_contains) + "%", escape="\\")
+        )
+    if sort == "created":
+        if after is not None:
+            stamp, last_id = cursor.decode_timestamp(after, sort)
+            conditions.append(tuple_(cases.c.created_at, cases.c.id) < tuple_(stamp, last_id))
+        query = query.order_by(cases.c.created_at.desc(), cases.c.id.desc())
+    else:
+        if after is not None:
+            stamp, last_id = cursor.decode_timestamp(after, sort)
+            conditions.append(tuple_(cases.c.sla_due_at, cases.c.id) > tuple_(stamp, last_id))
+        query = query.order_by(cases.c.sla_due_at.asc(), cases.c.id.asc())
+    if conditions:
+        query = query.where(and_(*conditions))
+    # One row more than asked tells whether a next page exists, without a COUNT.
+    return query.limit(limit + 1)
+
+
+async def assignees_of(conn: AsyncConnection, case_ids: Sequence[int]) -> dict[int, list[Row]]:
+    """All assignees of many cases in one query (primary key of case_assignees, users_pkey)."""
+    result: dict[int, list[Row]] = {case_id: [] for case_id in case_ids}
+    if not case_ids:
+        return result
+    rows = await conn.execute(
+        select(
+            case_assignees.c.case_id,
+            case_assignees.c.user_id,
+            users.c.name,
+            case_assignees.c.assigned_at,
+        )
+        .join(users, users.c.id == case_assignees.c.user_id)
+        .where(case_assignees.c.case_id == any_(literal(list(case_ids), ARRAY(BigInteger))))
+        .order_by(case_assignees.c.case_id, case_assignees.c.assigned_at, case_assignees.c.user_id)
+    )
+    for case_id, user_id, name, assigned_at in rows:
+        result[case_id].append({"user_id": user_id, "name": name, "assigned_at": assigned_at})
+    return result
+
+
+def _actor(principal: Principal | None) -> dict[str, int | None]:
+    if principal is None:
+        return {"actor_user_id": None, "actor_service_client_id": None}
+    return {
+        "actor_user_id": principal.user_id,
+        "actor_service_client_id": principal.service_client_id,
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+class CaseStore:
+    """Reads and writes of cases. Every write is one transaction including its history row."""
+
+    def __init__(self, engine: AsyncEngine, reporter: ModuleReporter, sla: SlaPolicy) -> None:
+        self._engine = engine
+        self._reporter = reporter
+        self._sla = sla
+
+    def _sla_interval(self, priority: Priority) -> Any:
+        # The deadline is computed in SQL from the database clock, like created_at.
+        return literal(timedelta(hours=float(self._sla.hours[priority])), Interval)
+
+    async def list(self, flt: CaseFilter, sort: str, after: str | None, limit: int) -> Page:
+        query = list_query(flt, sort, after, limit)
+        with self._reporter.operation("list_cases"):
+            async with self._engine.connect() as conn:
+                rows = [dict(r) for r in (await conn.execute(query)).mappings()]
+                more = len(rows) > limit
+                rows = rows[:limit]
+                by_case = await assignees_of(conn, [r["id"] for r in rows])
+        for row in rows:
+            row["assignees"] = by_case[row["id"]]
+        next_cursor = None
+        if more and rows:
+            last = rows[-1]
+            key = last["created_at"] if sort == "created" else last["sla_due_at"]
+            next_cursor = cursor.encode(sort, key, last["id"])
+        return Page(rows, next_cursor)
+
+    async def get(self, case_id: int) -> Row:
+        with self._reporter.operation("get_case"):
+            async with self._engine.connect() as conn:
+                return await self._get(conn, case_id)
+
+    async def _get(self, conn: AsyncConnection, case_id: int) -> Row:
+        row = (
+            (await conn.execute(select(*DETAIL_COLUMNS).where(cases.c.id == case_id)))
+            .mappings()
+            .first()
+        )
+        if row is None:
+            raise NotFound(f"case {case_id} does not exist")
+        case = dict(row)
+        case["assignees"] = (await assignees_of(conn, [case_id]))[case_id]
+        return case
+
+    async def _check_location(self, conn: AsyncConnection, location_id: int) -> None:
+        found = await conn.scalar(select(locations.c.id).where(locations.c.id == location_id))
+        if found is None:
+            raise InvalidReference(f"location {location_id} does not exist")
+
+    async def _check_assignable(self, conn: AsyncConnection, user_ids: Sequence[int]) -> None:
+        if not user_ids:
+            return
+        rows = await conn.execute(
+            select(users.c.id, users.c.active).where(users.c.id.in_(list(user_ids)))
+        )
+        found = dict(rows.tuples().all())
+        missing = sorted(set(user_ids) - set(found))
+        if missing:
+            raise InvalidReference(f"users {missing} do not exist")
+        inactive = sorted(uid for uid, active in found.items() if not active)
+        if inactive:
+            raise InvalidReference(f"users {inactive} are deactivated and cannot be assigned")
+
+    async def create(
+        self,
+        *,
+        title: str,
+        description: str,
+        priority: Priority,
+        location_id: int,
+        reporter_id: int,
+        assignee_ids: Sequence[int],
+        principal: Principal | None,
+    ) -> Row:
+        with self._reporter.operation("create_case"):
+            async with self._engine.begin() as conn:
+                await self._check_location(conn, location_id)
+                await self._check_assignable(conn, [reporter_id])
+                await self._check_assignable(conn, assignee_ids)
+                due = func.now() + self._sla_interval(priority)
+                case_id = await conn.scalar(
+                    cases.insert()
+                    .values(
+                        title=title,
+                        description=description,
+                        priority=priority.value,
+                        location_id=location_id,
+                        reporter_id=reporter_id,
+                        sla_due_at=due,
+                    )
+                    .returning(cases.c.id)
+                )
+                assert case_id is not None
+                unique_assignees = list(dict.fromkeys(assignee_ids))
+                if unique_assignees:
+                    await conn.execute(
+                        case_assignees.insert(),
+                        [{"case_id": case_id, "user_id": u} for u in unique_assignees],
+                    )
+                await conn.execute(
+                    case_history.insert().values(
+                        case_id=case_id,
+                        action="created",
+                        changes={
+                            "title": title,
+                            "priority": priority.value,
+                            "location_id": location_id,
+                            "assignees": unique_assignees,
+                        },
+                        **_actor(principal),
+                    )
+                )
+                return await self._get(conn, case_id)
+
+    async def _lock(self, conn: AsyncConnection, case_id: int, version: int | None) -> Row:
+        row = (
+            (
+                await conn.execute(
+                    select(*DETAIL_COLUMNS).where(cases.c.id == case_id).with_for_update()
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
+            raise NotFound(f"case {case_id} does not exist")
+        if version is not None and row["version"] != version:
+            raise StaleVersion(
+                f"case {case_id} is at version {row['version']}, not {version}; "
+                "fetch it again and reapply your change",
+                current_version=row["version"],
+            )
+        return dict(row)
+
+    async def _bump(
+        self,
+        conn: AsyncConnection,
+        case_id: int,
+        values: dict[str, Any],
+        action: str,
+        changes: dict[str, Any],
+        principal: Principal | None,
+    ) -> Row:
+        await conn.execute(
+            cases.update()
+            .where(cases.c.id == case_id)
+            .values(**values, version=cases.c.version + 1, updated_at=func.now())
+        )
+        await conn.execute(
+            case_history.insert().values(
+                case_id=case_id, action=action, changes=changes, **_actor(principal)
+            )
+        )
+        return await self._get(conn, case_id)
+
+    async def update(
+        self, case_id: int, version: int, fields: dict[str, Any], principal: Principal | None
+    ) -> Row:
+        """Change title, description, priority or location. The deadline follows the priority."""
+        with self._reporter.operation("update_case"):
+            async with self._engine.begin() as conn:
+                current = await self._lock(conn, case_id, version)
+                values: dict[str, Any] = {}
+                changes: dict[str, Any] = {}
+                for name, value in fields.items():
+                    new = value.value if isinstance(value, Priority) else value
+                    if current[name] != new:
+                        values[name] = new
+                        changes[name] = [_jsonable(current[name]), _jsonable(new)]
+                if "location_id" in values:
+                    await self._check_location(conn, values["location_id"])
+                if "priority" in values:
+                    values["sla_due_at"] = cases.c.created_at + self._sla_interval(
+                        Priority(values["priority"])
+                    )
+                if not values:
+                    return await self._get(conn, case_id)
+                return await self._bump(conn, case_id, values, "updated", changes, principal)
+
+    async def change_status(
+        self, case_id: int, version: int, target: Status, principal: Principal | None
+    ) -> Row:
+        with self._reporter.operation("change_status"):
+            async with self._engine.begin() as conn:
+                current = await self._lock(conn, case_id, version)
+                check_transition(Status(current["status"]), target)
+                return await self._bump(
+                    conn,
+                    case_id,
+                    {"status": target.value},
+                    "status_changed",
+                    {"status": [current["status"], target.value]},
+                    principal,
+                )
+
+    async def add_assignees(
+        self,
+        case_id: int,
+        user_ids: Sequence[int],
+        version: int | None,
+        principal: Principal | None,
+    ) -> Row:
+        with self._reporter.operation("add_assignees"):
+            async with self._engine.begin() as conn:
+                await self._lock(conn, case_id, version)
+                await self._check_assignable(conn, user_ids)
+                added = (
+                    (
+                        await conn.execute(
+                            pg_insert(case_assignees)
+                            .values([{"case_id": case_id, "user_id": u} for u in user_ids])
+                            .on_conflict_do_nothing()
+                            .returning(case_assignees.c.user_id)
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+                if not added:
+                    return await self._get(conn, case_id)
+                return await self._bump(
+                    conn, case_id, {}, "assigned", {"added": sorted(added)}, principal
+                )
+
+    async def remove_assignee(
+        self, case_id: int, user_id: int, version: int | None, principal: Principal | None
+    ) -> Row:
+        with self._reporter.operation("remove_assignee"):
+            async with self._engine.begin() as conn:
+                await self._lock(conn, case_id, version)
+                removed = await conn.scalar(
+                    case_assignees.delete()
+                    .where(case_assignees.c.case_id == case_id, case_assignees.c.user_id == user_id)
+                    .returning(case_assignees.c.user_id)
+                )
+                if removed is None:
+                    raise NotFound(f"user {user_id} is not assigned to case {case_id}")
+                return await self._bump(
+                    conn, case_id, {}, "unassigned", {"removed": [user_id]}, principal
+                )
+
+    async def history(self, case_id: int, after: str | None, limit: int) -> Page:
+        """History of one case, oldest first (case_history_case_idx)."""
+        with self._reporter.operation("case_history"):
+            async with self._engine.connect() as conn:
+                exists = await conn.scalar(select(cases.c.id).where(cases.c.id == case_id))
+                if exists is None:
+                    raise NotFound(f"case {case_id} does not exist")
+                query = select(
+                    case_history.c.id,
+                    case_history.c.action,
+                    case_history.c.changes,
+                    case_history.c.actor_user_id,
+                    case_history.c.actor_service_client_id,
+                    case_history.c.at,
+                ).where(case_history.c.case_id == case_id)
+                if after is not None:
+                    query = query.where(case_history.c.id > cursor.decode_id(after, "history"))
+                rows = [
+                    dict(r)
+                    for r in (
+                        await conn.execute(query.order_by(case_history.c.id).limit(limit + 1))
+                    ).mappings()
+                ]
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_cursor = cursor.encode("history", None, rows[-1]["id"])
+        return Page(rows, next_cursor)

@@ -1,0 +1,60 @@
+"""In-app notifications of one user, newest first (notifications_user_idx)."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tragwerk.domain.errors import NotFound
+from tragwerk.store import cursor
+from tragwerk.store.queries import Row
+from tragwerk.store.queries.cases import Page
+from tragwerk.store.tables import notifications
+
+
+class NotificationStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def for_user(
+        self, user_id: int, *, unread_only: bool, after: str | None, limit: int
+    ) -> Page:
+        # unread_only uses the partial index notifications_user_unread_idx.
+        query = select(notifications).where(notifications.c.user_id == user_id)
+        if unread_only:
+            query = query.where(notifications.c.read_at.is_(None))
+        if after is not None:
+            query = query.where(notifications.c.id < cursor.decode_id(after, "notifications"))
+        async with self._engine.connect() as conn:
+            rows = [
+                dict(r)
+                for r in (
+                    await conn.execute(query.order_by(notifications.c.id.desc()).limit(limit + 1))
+                ).mappings()
+            ]
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_cursor = cursor.encode("notifications", None, rows[-1]["id"])
+        return Page(rows, next_cursor)
+
+    async def mark_read(self, user_id: int, notification_id: int) -> Row:
+        async with self._engine.begin() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        notifications.update()
+                        .where(
+                            notifications.c.id == notification_id,
+                            notifications.c.user_id == user_id,
+                        )
+                        .values(read_at=func.coalesce(notifications.c.read_at, func.now()))
+                        .returning(*notifications.c)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise NotFound(f"notification {notification_id} does not exist")
+        return dict(row)

@@ -1,0 +1,149 @@
+"""SQLAlchemy Core tables that the queries are built from.
+
+The schema itself (including every index) is created by the Alembic migrations in
+`store/migrations/versions/`; tests/integration/test_schema.py checks that the
+migrated database and these definitions agree.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+
+metadata = MetaData()
+
+countries = Table(
+    "countries",
+    metadata,
+    Column("code", String(2), primary_key=True),
+    Column("alpha3", String(3), nullable=False),
+    Column("name", Text, nullable=False),
+)
+
+locations = Table(
+    "locations",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("country_code", String(2), ForeignKey("countries.code"), nullable=False),
+    Column("time_zone", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+roles = Table(
+    "roles",
+    metadata,
+    Column("id", SmallInteger, primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("permissions", ARRAY(Text), nullable=False),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("email", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("role_id", SmallInteger, ForeignKey("roles.id"), nullable=False),
+    Column("location_id", BigInteger, ForeignKey("locations.id"), nullable=True),
+    Column("active", Boolean, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+service_clients = Table(
+    "service_clients",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("role_id", SmallInteger, ForeignKey("roles.id"), nullable=False),
+    Column("internal", Boolean, nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("token_hash", LargeBinary, nullable=False, unique=True),
+    Column("name", Text, nullable=False),
+    Column("user_id", BigInteger, ForeignKey("users.id"), nullable=True),
+    Column("service_client_id", BigInteger, ForeignKey("service_clients.id"), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+cases = Table(
+    "cases",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("number", Text, nullable=False, unique=True),
+    Column("title", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("priority", Text, nullable=False),
+    Column("sla_due_at", DateTime(timezone=True), nullable=False),
+    Column("location_id", BigInteger, ForeignKey("locations.id"), nullable=False),
+    Column("reporter_id", BigInteger, ForeignKey("users.id"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("version", Integer, nullable=False),
+)
+
+case_assignees = Table(
+    "case_assignees",
+    metadata,
+    Column("case_id", BigInteger, ForeignKey("cases.id", ondelete="CASCADE"), primary_key=True),
+    Column("user_id", BigInteger, ForeignKey("users.id"), primary_key=True),
+    Column("assigned_at", DateTime(timezone=True), nullable=False),
+)
+
+case_history = Table(
+    "case_history",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("case_id", BigInteger, ForeignKey("cases.id", ondelete="CASCADE"), nullable=False),
+    Column("actor_user_id", BigInteger, ForeignKey("users.id"), nullable=True),
+    Column("actor_service_client_id", BigInteger, ForeignKey("service_clients.id"), nullable=True),
+    Column("action", Text, nullable=False),
+    Column("changes", JSONB, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
+webhook_subscriptions = Table(
+    "webhook_subscriptions",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("secret", Text, nullable=False),
+    Column("event_types", ARRAY(Text), nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("user_id", BigInteger, ForeignKey("users.id"), nullable=False),
+    Column("case_id", BigInteger, ForeignKey("cases.id", ondelete="CASCADE"), nullable=True),
+    Column("kind", Text, nullable=False),
+    Column("title", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("read_at", DateTime(timezone=True), nullable=True),
+)
