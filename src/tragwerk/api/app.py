@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 import tragwerk
 from tragwerk.api import errors
-from tragwerk.api.middleware import BodyLimit, RequestMetrics
+from tragwerk.api.middleware import BodyGuard, RequestMetrics
 from tragwerk.api.routes import cases, health, reference, users, webhooks
 from tragwerk.api.services import Services
 
@@ -33,7 +33,7 @@ def create_app(services: Services, *, dispose_engine: bool = True) -> FastAPI:
     errors.install(app)
     for module in (health, cases, reference, users, webhooks):
         app.include_router(module.router)
-    # Outermost first: metrics see every request, including the ones BodyLimit refuses.
-    app.add_middleware(BodyLimit, limit=services.settings.max_body_bytes)
+    # Outermost first: metrics see every request, including the ones BodyGuard refuses.
+    app.add_middleware(BodyGuard, limit=services.settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=services.metrics)
     return app

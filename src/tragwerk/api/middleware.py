@@ -14,19 +14,19 @@ from tragwerk.monitoring.metrics import Metrics
 METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 
 
-async def _send_413(send: Send, limit: int) -> None:
+async def _send_problem(send: Send, status: int, code: str, title: str, detail: str) -> None:
     body = orjson.dumps(
         {
-            "type": "https://tragwerk.dev/problems/body-too-large",
-            "title": "Content Too Large",
-            "status": 413,
-            "detail": f"the request body exceeds the limit of {limit} bytes",
+            "type": f"https://tragwerk.dev/problems/{code}",
+            "title": title,
+            "status": status,
+            "detail": detail,
         }
     )
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/problem+json"),
                 (b"content-length", str(len(body)).encode()),
@@ -37,8 +37,20 @@ async def _send_413(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class BodyLimit:
-    """Refuse bodies over `limit` bytes with 413 before the handler runs.
+async def _send_413(send: Send, limit: int) -> None:
+    await _send_problem(
+        send, 413, "body-too-large", "Content Too Large",
+        f"the request body exceeds the limit of {limit} bytes",
+    )
+
+
+def _is_json(content_type: bytes) -> bool:
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or media.endswith(b"+json")
+
+
+class BodyGuard:
+    """Refuse non-JSON bodies (415) and bodies over `limit` bytes (413) before the handler runs.
 
     A declared Content-Length over the limit is refused without reading; a chunked
     body is read up to the limit and refused as soon as it passes it. Bodies under
@@ -53,6 +65,7 @@ class BodyLimit:
         if scope["type"] != "http" or scope["method"] not in METHODS_WITH_BODY:
             await self.app(scope, receive, send)
             return
+        content_type = b""
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
@@ -62,6 +75,8 @@ class BodyLimit:
                 if declared > self.limit:
                     await _send_413(send, self.limit)
                     return
+            elif name == b"content-type":
+                content_type = value
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -77,6 +92,12 @@ class BodyLimit:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        if body and not _is_json(content_type):
+            await _send_problem(
+                send, 415, "unsupported-media-type", "Unsupported Media Type",
+                "send the body as JSON with 'Content-Type: application/json'",
+            )
+            return
         replayed = False
 
         async def replay() -> Message:

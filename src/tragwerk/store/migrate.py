@@ -34,6 +34,9 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
         try:
             await conn.run_sync(_upgrade, revision)
             await conn.commit()
+        except BaseException:
+            await conn.rollback()
+            raise
         finally:
             await conn.execute(text("SELECT pg_advisory_unlock(7215000001)"))
             await conn.commit()

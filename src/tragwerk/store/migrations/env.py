@@ -22,10 +22,6 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_async() -> None:
-    connection = config.attributes.get("connection")
-    if connection is not None:
-        _run(connection)
-        return
     engine = create_async_engine(config.get_main_option("sqlalchemy.url") or "")
     try:
         async with engine.connect() as conn:
@@ -39,5 +35,8 @@ if context.is_offline_mode():
     context.configure(url=config.get_main_option("sqlalchemy.url"), literal_binds=True)
     with context.begin_transaction():
         context.run_migrations()
+elif config.attributes.get("connection") is not None:
+    # tragwerk.store.migrate hands us a connection from inside its event loop.
+    _run(config.attributes["connection"])
 else:
     asyncio.run(_run_async())

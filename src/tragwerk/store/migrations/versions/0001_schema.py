@@ -176,7 +176,10 @@ TABLES = [
 
 
 def upgrade() -> None:
-    op.execute(SCHEMA)
+    # asyncpg prepares each statement, and a prepared statement holds one command.
+    for statement in SCHEMA.split(";\n"):
+        if statement.strip():
+            op.execute(statement)
 
 
 def downgrade() -> None:
