@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -127,7 +128,8 @@ def _seed(settings: Settings, url: str, cases: int, users: int | None, random_se
         engine = create_engine(url, pool_size=1, max_overflow=0)
         try:
             await upgrade(engine)
-            with tqdm(total=cases, unit="case", unit_scale=True, desc="seeding") as bar:
+            started = time.monotonic()
+            with tqdm(total=cases, unit="case", unit_scale=True, desc="copying") as bar:
                 await seed(
                     engine,
                     cases,
@@ -135,8 +137,10 @@ def _seed(settings: Settings, url: str, cases: int, users: int | None, random_se
                     users=users,
                     random_seed=random_seed,
                     progress=bar.update,
+                    phase=lambda text: bar.write(f"tragwerk: {text}", file=sys.stderr),
                 )
-            print("tragwerk: indexes rebuilt and statistics updated", file=sys.stderr)
+            print(f"tragwerk: seeded {cases:,} cases in {time.monotonic() - started:.1f} s",
+                  file=sys.stderr)
         finally:
             await engine.dispose()
 

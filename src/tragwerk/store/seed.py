@@ -181,6 +181,7 @@ async def seed(
     users: int | None = None,
     random_seed: int = 7,
     progress: Callable[[int], object] = lambda _n: None,
+    phase: Callable[[str], object] = lambda _text: None,
     now: datetime | None = None,
 ) -> None:
     """Add `cases` cases (with assignees and history) and the users and locations they need."""
@@ -230,8 +231,12 @@ async def seed(
             )
             done += len(case_rows)
             progress(len(case_rows))
+        if rebuild:
+            phase(f"rebuilding {len(rebuild)} indexes")
         for definition in rebuild:
             await raw.execute(definition)
+        phase("committing")
+    phase("updating planner statistics")
     async with engine.connect() as conn:
         raw = (await conn.get_raw_connection()).driver_connection
         assert raw is not None

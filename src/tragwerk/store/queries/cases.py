@@ -206,7 +206,7 @@ class CaseStore:
         rows = await conn.execute(
             select(users.c.id, users.c.active).where(users.c.id.in_(list(user_ids)))
         )
-        found = dict(rows.tuples().all())
+        found: dict[int, bool] = dict(rows.all())  # type: ignore[arg-type]
         missing = sorted(set(user_ids) - set(found))
         if missing:
             raise InvalidReference(f"users {missing} do not exist")
