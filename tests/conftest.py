@@ -24,6 +24,8 @@ from tragwerk.store.embedded import EmbeddedPostgres
 from tragwerk.store.migrate import upgrade
 
 BACKENDS = ["service", "embedded"]
+# The server-level URL each test database was created from, to make siblings.
+ADMIN_URL_OF: dict[str, str] = {}
 
 
 @pytest.fixture(scope="session")
@@ -82,6 +84,7 @@ async def database_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
     """A fresh, migrated database on each PostgreSQL backend (service and embedded)."""
     admin_url = _admin_url(request.param, request)
     url = await create_database(admin_url)
+    ADMIN_URL_OF[url] = admin_url
     engine = create_engine(url, pool_size=1, max_overflow=0)
     try:
         await upgrade(engine)
@@ -102,7 +105,9 @@ class Api:
     def auth(self, token: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {token or self.admin_token}"}
 
-    async def post(self, path: str, body: Any, token: str | None = None, **kw: Any) -> httpx.Response:
+    async def post(
+        self, path: str, body: Any, token: str | None = None, **kw: Any
+    ) -> httpx.Response:
         headers = {**self.auth(token), **kw.pop("headers", {})}
         return await self.client.post(path, json=body, headers=headers, **kw)
 
@@ -112,15 +117,23 @@ class Api:
     async def location(self) -> int:
         r = await self.post(
             "/v1/locations",
-            {"name": f"Site {uuid.uuid4().hex[:6]}", "country_code": "DE", "time_zone": "Europe/Berlin"},
+            {
+                "name": f"Site {uuid.uuid4().hex[:6]}",
+                "country_code": "DE",
+                "time_zone": "Europe/Berlin",
+            },
         )
         assert r.status_code == 201, r.text
         return int(r.json()["id"])
 
     async def user(self, role: str = "agent", **fields: Any) -> dict[str, Any]:
         roles = {r["name"]: r["id"] for r in (await self.get("/v1/roles")).json()}
-        body = {"email": f"{uuid.uuid4().hex[:10]}@example.test", "name": "Test User",
-                "role_id": roles[role], **fields}
+        body = {
+            "email": f"{uuid.uuid4().hex[:10]}@example.test",
+            "name": "Test User",
+            "role_id": roles[role],
+            **fields,
+        }
         r = await self.post("/v1/users", body)
         assert r.status_code == 201, r.text
         user: dict[str, Any] = r.json()
@@ -132,8 +145,9 @@ class Api:
         return str(r.json()["token"])
 
     async def case(self, location_id: int, **fields: Any) -> dict[str, Any]:
-        r = await self.post("/v1/cases", {"title": "Broken printer", "location_id": location_id,
-                                          **fields})
+        r = await self.post(
+            "/v1/cases", {"title": "Broken printer", "location_id": location_id, **fields}
+        )
         assert r.status_code == 201, r.text
         case: dict[str, Any] = r.json()
         return case
@@ -146,8 +160,11 @@ async def make_api(url: str, settings: Settings | None = None) -> tuple[Api, Any
     async with services.engine.begin() as conn:
         role_id = await directory.role_id(conn, "admin")
         admin = await directory.create_user(
-            {"email": f"admin-{uuid.uuid4().hex[:8]}@example.test", "name": "Admin",
-             "role_id": role_id},
+            {
+                "email": f"admin-{uuid.uuid4().hex[:8]}@example.test",
+                "name": "Admin",
+                "role_id": role_id,
+            },
             conn=conn,
         )
         token, _ = await directory.create_token(

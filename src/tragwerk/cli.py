@@ -139,8 +139,10 @@ def _seed(settings: Settings, url: str, cases: int, users: int | None, random_se
                     progress=bar.update,
                     phase=lambda text: bar.write(f"tragwerk: {text}", file=sys.stderr),
                 )
-            print(f"tragwerk: seeded {cases:,} cases in {time.monotonic() - started:.1f} s",
-                  file=sys.stderr)
+            print(
+                f"tragwerk: seeded {cases:,} cases in {time.monotonic() - started:.1f} s",
+                file=sys.stderr,
+            )
         finally:
             await engine.dispose()
 

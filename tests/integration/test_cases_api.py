@@ -31,8 +31,13 @@ async def test_create_read_and_history(api: Api) -> None:
     agent = await api.user()
     r = await api.post(
         "/v1/cases",
-        {"title": "VPN drops", "description": "every hour", "priority": "critical",
-         "location_id": loc, "assignee_ids": [agent["id"], agent["id"]]},
+        {
+            "title": "VPN drops",
+            "description": "every hour",
+            "priority": "critical",
+            "location_id": loc,
+            "assignee_ids": [agent["id"], agent["id"]],
+        },
     )
     assert r.status_code == 201, r.text
     case = r.json()
@@ -60,8 +65,11 @@ async def test_update_status_and_assignees_bump_version_and_write_history(api: A
     case = await api.case(loc)
     cid = case["id"]
 
-    r = await api.client.patch(f"/v1/cases/{cid}", json={"title": "New title", "priority": "high",
-                                                        "version": 1}, headers=api.auth())
+    r = await api.client.patch(
+        f"/v1/cases/{cid}",
+        json={"title": "New title", "priority": "high", "version": 1},
+        headers=api.auth(),
+    )
     assert r.status_code == 200, r.text
     updated = r.json()
     assert updated["version"] == 2
@@ -72,8 +80,9 @@ async def test_update_status_and_assignees_bump_version_and_write_history(api: A
     due = datetime.fromisoformat(updated["sla_due_at"]) - datetime.fromisoformat(created)
     assert due == timedelta(hours=24)  # deadline follows the new priority
 
-    r = await api.post(f"/v1/cases/{cid}/status", {"status": "in_progress"},
-                       headers={"If-Match": '"2"'})
+    r = await api.post(
+        f"/v1/cases/{cid}/status", {"status": "in_progress"}, headers={"If-Match": '"2"'}
+    )
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "in_progress"
     assert r.json()["version"] == 3
@@ -89,7 +98,11 @@ async def test_update_status_and_assignees_bump_version_and_write_history(api: A
 
     history = (await api.get(f"/v1/cases/{cid}/history")).json()["items"]
     assert [h["action"] for h in history] == [
-        "created", "updated", "status_changed", "assigned", "unassigned",
+        "created",
+        "updated",
+        "status_changed",
+        "assigned",
+        "unassigned",
     ]
     assert history[1]["changes"]["title"] == ["Broken printer", "New title"]
     assert history[2]["changes"] == {"status": ["open", "in_progress"]}
@@ -99,20 +112,23 @@ async def test_stale_version_is_refused_and_nothing_is_lost(api: Api) -> None:
     loc = await api.location()
     case = await api.case(loc)
     cid = case["id"]
-    first = await api.client.patch(f"/v1/cases/{cid}", json={"title": "Alice's", "version": 1},
-                                   headers=api.auth())
+    first = await api.client.patch(
+        f"/v1/cases/{cid}", json={"title": "Alice's", "version": 1}, headers=api.auth()
+    )
     assert first.status_code == 200
     before = await _snapshot(api, cid)
     # Bob read version 1 too; his write must not overwrite Alice's.
-    bob = await api.client.patch(f"/v1/cases/{cid}", json={"title": "Bob's", "version": 1},
-                                 headers=api.auth())
+    bob = await api.client.patch(
+        f"/v1/cases/{cid}", json={"title": "Bob's", "version": 1}, headers=api.auth()
+    )
     assert bob.status_code == 409
     assert bob.headers["content-type"] == "application/problem+json"
     assert bob.json()["current_version"] == 2
     await _unchanged(api, before)
     # With If-Match the same conflict is a failed precondition.
-    r = await api.client.patch(f"/v1/cases/{cid}", json={"title": "Bob's"},
-                               headers={**api.auth(), "If-Match": '"1"'})
+    r = await api.client.patch(
+        f"/v1/cases/{cid}", json={"title": "Bob's"}, headers={**api.auth(), "If-Match": '"1"'}
+    )
     assert r.status_code == 412
     await _unchanged(api, before)
     # Without any version the write is refused rather than risking a lost update.
@@ -128,8 +144,11 @@ async def test_concurrent_writers_one_wins(api: Api) -> None:
     case = await api.case(loc)
     results = await asyncio.gather(
         *(
-            api.client.patch(f"/v1/cases/{case['id']}", json={"title": f"writer {i}", "version": 1},
-                             headers=api.auth())
+            api.client.patch(
+                f"/v1/cases/{case['id']}",
+                json={"title": f"writer {i}", "version": 1},
+                headers=api.auth(),
+            )
             for i in range(8)
         )
     )
@@ -157,17 +176,26 @@ async def test_bad_input_gets_a_clear_4xx_and_changes_nothing(api: Api) -> None:
         ("PATCH", patch, b'{"title": null, "version": 1}', 422, "invalid-input"),
         ("PATCH", patch, b'{"location_id": 999999999, "version": 1}', 422, "invalid-reference"),
         ("PATCH", patch, b"[1, 2]", 422, "validation-failed"),
-        ("POST", f"{patch}/status", b'{"status": "closed", "version": 1}', 409,
-         "invalid-transition"),
-        ("POST", f"{patch}/status", b'{"status": "done", "version": 1}', 422,
-         "validation-failed"),
+        (
+            "POST",
+            f"{patch}/status",
+            b'{"status": "closed", "version": 1}',
+            409,
+            "invalid-transition",
+        ),
+        ("POST", f"{patch}/status", b'{"status": "done", "version": 1}', 422, "validation-failed"),
         ("POST", f"{patch}/assignees", b'{"user_ids": [999999999]}', 422, "invalid-reference"),
         ("POST", f"{patch}/assignees", b'{"user_ids": []}', 422, "validation-failed"),
         ("DELETE", f"{patch}/assignees/999999999", b"", 404, "not-found"),
         ("PATCH", "/v1/cases/999999999", b'{"title": "x", "version": 1}', 404, "not-found"),
         ("PATCH", "/v1/cases/abc", b'{"title": "x", "version": 1}', 422, "validation-failed"),
-        ("PATCH", "/v1/cases/99999999999999999999", b'{"title": "x", "version": 1}', 422,
-         "validation-failed"),
+        (
+            "PATCH",
+            "/v1/cases/99999999999999999999",
+            b'{"title": "x", "version": 1}',
+            422,
+            "validation-failed",
+        ),
     ]
     for method, path, body, status, code in cases:
         r = await api.client.request(method, path, content=body, headers=headers)
@@ -199,8 +227,9 @@ async def test_oversize_and_non_json_bodies_are_refused_before_any_work(api: Api
     limit = api.services.settings.max_body_bytes
     loc = await api.location()
     big = b'{"title": "' + b"x" * limit + b'", "location_id": %d}' % loc
-    r = await api.client.post("/v1/cases", content=big,
-                              headers={**api.auth(), "Content-Type": "application/json"})
+    r = await api.client.post(
+        "/v1/cases", content=big, headers={**api.auth(), "Content-Type": "application/json"}
+    )
     assert r.status_code == 413
     assert str(limit) in r.json()["detail"]
 
@@ -208,29 +237,46 @@ async def test_oversize_and_non_json_bodies_are_refused_before_any_work(api: Api
         for _ in range(limit // 65536 + 2):
             yield b" " * 65536
 
-    r = await api.client.post("/v1/cases", content=chunks(),
-                              headers={**api.auth(), "Content-Type": "application/json"})
+    r = await api.client.post(
+        "/v1/cases", content=chunks(), headers={**api.auth(), "Content-Type": "application/json"}
+    )
     assert r.status_code == 413
-    r = await api.client.post("/v1/cases", content=b"title=x",
-                              headers={**api.auth(), "Content-Type": "application/x-www-form-urlencoded"})
+    r = await api.client.post(
+        "/v1/cases",
+        content=b"title=x",
+        headers={**api.auth(), "Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert r.status_code == 415
     assert (await api.get("/v1/cases", params={"location_id": loc})).json()["items"] == []
 
 
 async def test_service_client_creates_cases_for_a_reporter(api: Api) -> None:
     roles = {r["name"]: r["id"] for r in (await api.get("/v1/roles")).json()}
-    client = (await api.post("/v1/service-clients", {"name": f"intake-{id(api)}-{roles['agent']}x",
-                                                      "role_id": roles["agent"],
-                                                      "internal": True})).json()
-    token = (await api.post("/v1/tokens", {"name": "svc", "service_client_id": client["id"]})).json()
+    client = (
+        await api.post(
+            "/v1/service-clients",
+            {
+                "name": f"intake-{id(api)}-{roles['agent']}x",
+                "role_id": roles["agent"],
+                "internal": True,
+            },
+        )
+    ).json()
+    token = (
+        await api.post("/v1/tokens", {"name": "svc", "service_client_id": client["id"]})
+    ).json()
     loc = await api.location()
-    r = await api.post("/v1/cases", {"title": "From intake", "location_id": loc},
-                       token=token["token"])
+    r = await api.post(
+        "/v1/cases", {"title": "From intake", "location_id": loc}, token=token["token"]
+    )
     assert r.status_code == 422
     assert "reporter_id" in r.json()["detail"]
     reporter = await api.user()
-    r = await api.post("/v1/cases", {"title": "From intake", "location_id": loc,
-                                     "reporter_id": reporter["id"]}, token=token["token"])
+    r = await api.post(
+        "/v1/cases",
+        {"title": "From intake", "location_id": loc, "reporter_id": reporter["id"]},
+        token=token["token"],
+    )
     assert r.status_code == 201, r.text
     history = (await api.get(f"/v1/cases/{r.json()['id']}/history")).json()["items"]
     assert history[0]["actor_service_client_id"] == client["id"]

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy.dialects import postgresql
 
-from tragwerk.api.routes.paging import expected_version
 from tragwerk.api.errors import PreconditionRequired
+from tragwerk.api.routes.paging import expected_version
 from tragwerk.domain.cases import Status
 from tragwerk.domain.errors import InvalidCursor, InvalidInput
 from tragwerk.store import cursor
@@ -28,7 +28,9 @@ def test_cursor_round_trip() -> None:
         base64.urlsafe_b64encode(b'{"s":"created"}').decode(),
         base64.urlsafe_b64encode(b'{"s":"created","k":"yesterday","i":1}').decode(),
         base64.urlsafe_b64encode(b'{"s":"created","k":"2026-01-01T00:00:00","i":1}').decode(),
-        base64.urlsafe_b64encode(b'{"s":"created","k":"2026-01-01T00:00:00+00:00","i":-1}').decode(),
+        base64.urlsafe_b64encode(
+            b'{"s":"created","k":"2026-01-01T00:00:00+00:00","i":-1}'
+        ).decode(),
         base64.urlsafe_b64encode(b"[1,2,3]").decode(),
         "A" * 600,
     ],

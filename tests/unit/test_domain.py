@@ -32,7 +32,9 @@ def test_workflow_allows_forward_moves_and_reopen(current: Status, target: Statu
         (Status.OPEN, Status.OPEN),
     ],
 )
-def test_workflow_refuses_jumps_and_names_the_allowed_moves(current: Status, target: Status) -> None:
+def test_workflow_refuses_jumps_and_names_the_allowed_moves(
+    current: Status, target: Status
+) -> None:
     with pytest.raises(InvalidTransition) as err:
         check_transition(current, target)
     for allowed in ALLOWED_TRANSITIONS[current]:

@@ -39,7 +39,10 @@ async def _send_problem(send: Send, status: int, code: str, title: str, detail: 
 
 async def _send_413(send: Send, limit: int) -> None:
     await _send_problem(
-        send, 413, "body-too-large", "Content Too Large",
+        send,
+        413,
+        "body-too-large",
+        "Content Too Large",
         f"the request body exceeds the limit of {limit} bytes",
     )
 
@@ -94,7 +97,10 @@ class BodyGuard:
         body = b"".join(chunks)
         if body and not _is_json(content_type):
             await _send_problem(
-                send, 415, "unsupported-media-type", "Unsupported Media Type",
+                send,
+                415,
+                "unsupported-media-type",
+                "Unsupported Media Type",
                 "send the body as JSON with 'Content-Type: application/json'",
             )
             return

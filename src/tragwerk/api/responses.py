@@ -7,7 +7,6 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-
 # SQLAlchemy row keys are str subclasses (quoted_name), which orjson accepts only with
 # OPT_NON_STR_KEYS.
 OPTIONS = orjson.OPT_NON_STR_KEYS

@@ -1,0 +1,101 @@
+"""Health probes and the module-reporting convention in /metrics."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+
+from tests.conftest import Api
+from tragwerk.api.app import create_app
+from tragwerk.bootstrap import build_services
+from tragwerk.settings import Settings
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} {labels} not in metrics")
+
+
+async def test_live_and_ready_need_no_token(api: Api) -> None:
+    r = await api.client.get("/health/live")
+    assert r.json() == {"status": "ok"}
+    r = await api.client.get("/health/ready")
+    assert r.status_code == 200
+    assert r.json()["checks"] == {"database": "ok"}
+
+
+async def test_metrics_report_state_duration_and_errors_per_module(api: Api) -> None:
+    loc = await api.location()
+    await api.case(loc)
+    await api.get("/v1/cases/999999999")  # a NotFound counts as an error of get_case
+    text = (await api.client.get("/metrics")).text
+    assert _sample(text, "tragwerk_module_up", module="cases") == 1
+    assert (
+        _sample(
+            text, "tragwerk_module_operation_seconds_count", module="cases", operation="create_case"
+        )
+        >= 1
+    )
+    assert _sample(text, "tragwerk_module_errors_total", module="cases", operation="get_case") >= 1
+    assert (
+        _sample(
+            text,
+            "tragwerk_http_requests_total",
+            route="/v1/cases/{case_id}",
+            method="GET",
+            status="404",
+        )
+        >= 1
+    )
+    assert re.search(r'tragwerk_http_request_seconds_bucket\{.*route="/v1/cases"', text)
+
+
+async def test_every_response_carries_a_request_id(api: Api) -> None:
+    r = await api.client.get("/health/live", headers={"X-Request-ID": "abc123"})
+    assert r.headers["x-request-id"] == "abc123"
+    r = await api.client.get("/health/live")
+    assert len(r.headers["x-request-id"]) == 32
+
+
+async def test_ready_fails_when_the_database_is_unreachable() -> None:
+    dead = "postgresql://postgres@127.0.0.1:1/nothing"
+    services = build_services(Settings(database_url=dead), dead)
+    app = create_app(services)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as client:
+        r = await client.get("/health/ready")
+        assert r.status_code == 503
+        assert r.json()["checks"]["database"].startswith("failing")
+        assert (await client.get("/health/live")).status_code == 200
+        text = (await client.get("/metrics")).text
+        assert _sample(text, "tragwerk_module_up", module="store") == 0
+    await services.engine.dispose()
+
+
+async def test_openapi_documents_every_route(api: Api) -> None:
+    spec = (await api.client.get("/openapi.json")).json()
+    paths = spec["paths"]
+    for path in (
+        "/v1/cases",
+        "/v1/cases/{case_id}",
+        "/v1/cases/{case_id}/status",
+        "/v1/cases/{case_id}/assignees",
+        "/v1/cases/{case_id}/history",
+        "/v1/users",
+        "/v1/roles",
+        "/v1/locations",
+        "/v1/countries",
+        "/v1/tokens",
+        "/v1/webhook-subscriptions",
+        "/v1/notifications",
+        "/health/ready",
+    ):
+        assert path in paths, path
+    case_list = paths["/v1/cases"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert case_list["schema"]["$ref"].endswith("/CasePage")
