@@ -187,7 +187,22 @@ async def _ensure_admin(url: str, token_file: Path) -> str | None:
         await engine.dispose()
 
 
+class _Stop(Exception):
+    """SIGTERM arrived; unwind so that the embedded PostgreSQL is stopped on the way out."""
+
+
+def _raise_stop(_signum: int, _frame: object) -> None:
+    raise _Stop
+
+
 def _serve(settings: Settings, url: str) -> None:
+    """Serve until Ctrl-C or SIGTERM; return normally either way so cleanup runs.
+
+    uvicorn shuts down gracefully on either signal, restores the previous handlers and
+    raises the signal again; our handlers turn that into an exception we catch here.
+    """
+    import signal
+
     import uvicorn
 
     from tragwerk.bootstrap import build_app
@@ -201,7 +216,13 @@ def _serve(settings: Settings, url: str) -> None:
         server_header=False,
         timeout_graceful_shutdown=10,
     )
-    uvicorn.Server(config).run()
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        uvicorn.Server(config).run()
+    except (KeyboardInterrupt, _Stop):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _up(settings: Settings) -> int:

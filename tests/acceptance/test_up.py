@@ -1,0 +1,142 @@
+"""`tragwerk up` as a user runs it: a real process, a real embedded PostgreSQL, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.services import SERVICE_PG_HOST, SERVICE_PG_PORT, require_service
+
+STARTUP_SECONDS = 60
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TRAGWERK_")}
+    full_env.update(env or {})
+    return subprocess.Popen(
+        [sys.executable, "-m", "tragwerk.cli", *args],
+        cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def _wait_ready(proc: subprocess.Popen[str], port: int) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"tragwerk exited with {proc.returncode}:\n{out}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("tragwerk up did not become ready in time")
+
+
+def _interrupt(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> str:
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    return out
+
+
+def _postgres_running(pgdata: Path) -> bool:
+    pidfile = pgdata / "postmaster.pid"
+    if not pidfile.exists():
+        return False
+    pid = int(pidfile.read_text().split()[0])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_up_starts_everything_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    os.chmod(tmp_path, 0o755)  # as root, the embedded server runs as its own user
+    port = _free_port()
+    proc = _start(tmp_path, "up", "--port", str(port), "--data-dir", "data")
+    try:
+        _wait_ready(proc, port)
+        token_file = tmp_path / "data" / "admin.token"
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        token = token_file.read_text().strip()
+        headers = {"Authorization": f"Bearer {token}"}
+        base = f"http://127.0.0.1:{port}"
+        loc = httpx.post(f"{base}/v1/locations", headers=headers, json={
+            "name": "Berlin", "country_code": "DE", "time_zone": "Europe/Berlin"}).json()
+        r = httpx.post(f"{base}/v1/cases", headers=headers,
+                       json={"title": "First case", "location_id": loc["id"]})
+        assert r.status_code == 201, r.text
+        assert _postgres_running(tmp_path / "data" / "pgdata")
+    finally:
+        if proc.poll() is None:
+            out = _interrupt(proc)
+    assert str(token_file) in out
+    assert not _postgres_running(tmp_path / "data" / "pgdata")
+
+    # A second start keeps the data and the admin; SIGTERM (a supervisor's stop) is clean too.
+    proc = _start(tmp_path, "up", "--port", str(port), "--data-dir", "data")
+    try:
+        _wait_ready(proc, port)
+        r = httpx.get(f"http://127.0.0.1:{port}/v1/cases", headers=headers)
+        assert [c["title"] for c in r.json()["items"]] == ["First case"]
+    finally:
+        out = _interrupt(proc, signal.SIGTERM)
+    assert "created the admin user" not in out
+    assert not _postgres_running(tmp_path / "data" / "pgdata")
+
+
+def test_up_with_a_database_url_starts_no_embedded_server(tmp_path: Path) -> None:
+    require_service("PostgreSQL", SERVICE_PG_HOST, SERVICE_PG_PORT)
+    import asyncio
+
+    from tests.conftest import SERVICE_PG_ADMIN_URL, create_database, drop_database
+
+    url = asyncio.run(create_database(SERVICE_PG_ADMIN_URL, prefix="tragwerk_up"))
+    port = _free_port()
+    try:
+        proc = _start(tmp_path, "up", "--port", str(port), env={"TRAGWERK_DATABASE_URL": url})
+        try:
+            _wait_ready(proc, port)
+            assert not (tmp_path / "var" / "pgdata").exists()
+            token = (tmp_path / "var" / "admin.token").read_text().strip()
+            r = httpx.get(f"http://127.0.0.1:{port}/v1/roles",
+                          headers={"Authorization": f"Bearer {token}"})
+            assert {role["name"] for role in r.json()} >= {"admin", "agent", "viewer"}
+        finally:
+            _interrupt(proc)
+    finally:
+        asyncio.run(drop_database(SERVICE_PG_ADMIN_URL, url))
+
+
+def test_bad_settings_are_reported_not_crashed_on(tmp_path: Path) -> None:
+    proc = _start(tmp_path, "up", env={"TRAGWERK_PORT": "eighty"})
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert "TRAGWERK_PORT must be an integer" in out
+
+
+@pytest.mark.parametrize("args", [["api"], ["seed", "--cases", "0"]])
+def test_commands_refuse_what_they_cannot_do(tmp_path: Path, args: list[str]) -> None:
+    proc = _start(tmp_path, *args)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 2, out
+    assert "tragwerk:" in out
