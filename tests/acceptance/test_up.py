@@ -30,7 +30,11 @@ def _start(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subproce
     full_env.update(env or {})
     return subprocess.Popen(
         [sys.executable, "-m", "tragwerk.cli", *args],
-        cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=cwd,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -80,10 +84,16 @@ def test_up_starts_everything_and_ctrl_c_stops_everything(tmp_path: Path) -> Non
         token = token_file.read_text().strip()
         headers = {"Authorization": f"Bearer {token}"}
         base = f"http://127.0.0.1:{port}"
-        loc = httpx.post(f"{base}/v1/locations", headers=headers, json={
-            "name": "Berlin", "country_code": "DE", "time_zone": "Europe/Berlin"}).json()
-        r = httpx.post(f"{base}/v1/cases", headers=headers,
-                       json={"title": "First case", "location_id": loc["id"]})
+        loc = httpx.post(
+            f"{base}/v1/locations",
+            headers=headers,
+            json={"name": "Berlin", "country_code": "DE", "time_zone": "Europe/Berlin"},
+        ).json()
+        r = httpx.post(
+            f"{base}/v1/cases",
+            headers=headers,
+            json={"title": "First case", "location_id": loc["id"]},
+        )
         assert r.status_code == 201, r.text
         assert _postgres_running(tmp_path / "data" / "pgdata")
     finally:
@@ -118,8 +128,9 @@ def test_up_with_a_database_url_starts_no_embedded_server(tmp_path: Path) -> Non
             _wait_ready(proc, port)
             assert not (tmp_path / "var" / "pgdata").exists()
             token = (tmp_path / "var" / "admin.token").read_text().strip()
-            r = httpx.get(f"http://127.0.0.1:{port}/v1/roles",
-                          headers={"Authorization": f"Bearer {token}"})
+            r = httpx.get(
+                f"http://127.0.0.1:{port}/v1/roles", headers={"Authorization": f"Bearer {token}"}
+            )
             assert {role["name"] for role in r.json()} >= {"admin", "agent", "viewer"}
         finally:
             _interrupt(proc)

@@ -36,12 +36,11 @@ async def seeded(database_url: str) -> AsyncIterator[Any]:
         await drop_database(admin, url)
 
 
-async def _plan(engine: Any, query: Any) -> dict[str, Any]:
-    compiled = query.compile(dialect=engine.dialect, compile_kwargs={"render_postcompile": True})
-    params = [compiled.params[name] for name in compiled.positiontup]
+async def _plan(engine: Any, query: tuple[str, list[Any]]) -> dict[str, Any]:
+    sql, args = query
     async with engine.connect() as conn:
         raw = (await conn.get_raw_connection()).driver_connection
-        result = await raw.fetchval("EXPLAIN (FORMAT JSON) " + str(compiled), *params)
+        result = await raw.fetchval("EXPLAIN (FORMAT JSON) " + sql, *args)
     # The connection's json codec may already have decoded the plan.
     decoded = json.loads(result) if isinstance(result, str) else result
     plan: dict[str, Any] = decoded[0]["Plan"]
@@ -110,7 +109,7 @@ async def test_list_shape_uses_an_index(
     assert kinds <= {"Index Scan", "Index Only Scan", "Bitmap Heap Scan"}, (name, kinds)
     used = {n.get("Index Name") for n in _nodes(plan) if n.get("Index Name")}
     assert used, f"{name}: no index named in the plan"
-    assert "OFFSET" not in str(list_query(flt, sort, after, 50))
+    assert "OFFSET" not in list_query(flt, sort, after, 50)[0]
 
 
 async def test_seed_restores_every_index(seeded: Any) -> None:

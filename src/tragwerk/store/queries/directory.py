@@ -17,7 +17,8 @@ from tragwerk.domain.directory import ALL_PERMISSIONS, Principal
 from tragwerk.domain.errors import Conflict, InvalidReference, NotFound
 from tragwerk.domain.observability import ModuleReporter
 from tragwerk.store import cursor
-from tragwerk.store.queries import Row
+from tragwerk.store.hot import CompiledQuery, fetch
+from tragwerk.store.queries import Row, read_only
 from tragwerk.store.queries.cases import Page
 from tragwerk.store.tables import (
     api_tokens,
@@ -31,8 +32,9 @@ from tragwerk.store.tables import (
 TOKEN_PREFIX = "tw_"  # noqa: S105 - a marker that makes leaked tokens easy to find, not a secret
 
 # One round trip per request: token -> owner -> role -> permissions (api_tokens_token_hash_key).
-AUTHENTICATE = text(
-    """
+AUTHENTICATE = CompiledQuery(
+    text(
+        """
     SELECT t.id AS token_id, t.user_id, t.service_client_id,
            coalesce(sc.internal, false) AS internal, r.permissions
     FROM api_tokens t
@@ -44,6 +46,7 @@ AUTHENTICATE = text(
       AND (t.expires_at IS NULL OR t.expires_at > now())
       AND coalesce(u.active, sc.active)
     """
+    )
 )
 
 
@@ -91,30 +94,32 @@ USER_COLUMNS = (
 class DirectoryStore:
     def __init__(self, engine: AsyncEngine, reporter: ModuleReporter) -> None:
         self._engine = engine
+        self._reader = read_only(engine)
         self._reporter = reporter
 
     # -- authentication -------------------------------------------------------------
     async def authenticate(self, token: str) -> Principal | None:
         with self._reporter.operation("authenticate"):
-            async with self._engine.connect() as conn:
-                row = (await conn.execute(AUTHENTICATE, {"token_hash": hash_token(token)})).first()
-        if row is None:
+            async with self._reader.connect() as conn:
+                rows = await fetch(conn, AUTHENTICATE, {"token_hash": hash_token(token)})
+        if not rows:
             return None
+        row = rows[0]
         return Principal(
-            token_id=row.token_id,
-            user_id=row.user_id,
-            service_client_id=row.service_client_id,
-            internal=row.internal,
-            permissions=frozenset(row.permissions),
+            token_id=row["token_id"],
+            user_id=row["user_id"],
+            service_client_id=row["service_client_id"],
+            internal=row["internal"],
+            permissions=frozenset(row["permissions"]),
         )
 
     # -- countries and locations ----------------------------------------------------
     async def countries(self) -> list[Row]:
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             return _rows(await conn.execute(select(countries).order_by(countries.c.code)))
 
     async def country(self, code: str) -> Row:
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             row = (
                 (await conn.execute(select(countries).where(countries.c.code == code.upper())))
                 .mappings()
@@ -125,11 +130,11 @@ class DirectoryStore:
         return dict(row)
 
     async def locations(self) -> list[Row]:
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             return _rows(await conn.execute(select(locations).order_by(locations.c.id)))
 
     async def location(self, location_id: int) -> Row:
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             row = (
                 (await conn.execute(select(locations).where(locations.c.id == location_id)))
                 .mappings()
@@ -186,7 +191,7 @@ class DirectoryStore:
 
     # -- roles ----------------------------------------------------------------------
     async def roles(self) -> list[Row]:
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             return _rows(await conn.execute(select(roles).order_by(roles.c.id)))
 
     async def create_role(self, name: str, permissions: Iterable[str]) -> Row:
@@ -243,7 +248,7 @@ class DirectoryStore:
             query = query.where(users.c.role_id == role_id)
         if active is not None:
             query = query.where(users.c.active == active)
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             rows = _rows(await conn.execute(query.order_by(users.c.id).limit(limit + 1)))
         next_cursor = None
         if len(rows) > limit:
@@ -252,7 +257,7 @@ class DirectoryStore:
         return Page(rows, next_cursor)
 
     async def user(self, user_id: int) -> Row:
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             row = (
                 (await conn.execute(select(*USER_COLUMNS).where(users.c.id == user_id)))
                 .mappings()
@@ -325,7 +330,7 @@ class DirectoryStore:
 
     # -- service clients and tokens -------------------------------------------------
     async def service_clients(self) -> list[Row]:
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             return _rows(await conn.execute(select(service_clients).order_by(service_clients.c.id)))
 
     async def create_service_client(self, name: str, role_id: int, internal: bool) -> Row:
@@ -403,11 +408,11 @@ class DirectoryStore:
             query = query.where(api_tokens.c.user_id == user_id)
         if service_client_id is not None:
             query = query.where(api_tokens.c.service_client_id == service_client_id)
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             return _rows(await conn.execute(query))
 
     async def token(self, token_id: int) -> Row:
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             row = (
                 (await conn.execute(select(*TOKEN_COLUMNS).where(api_tokens.c.id == token_id)))
                 .mappings()

@@ -7,7 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tragwerk.domain.errors import NotFound
 from tragwerk.store import cursor
-from tragwerk.store.queries import Row
+from tragwerk.store.queries import Row, read_only
 from tragwerk.store.queries.cases import Page
 from tragwerk.store.tables import notifications
 
@@ -15,6 +15,7 @@ from tragwerk.store.tables import notifications
 class NotificationStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._reader = read_only(engine)
 
     async def for_user(
         self, user_id: int, *, unread_only: bool, after: str | None, limit: int
@@ -25,7 +26,7 @@ class NotificationStore:
             query = query.where(notifications.c.read_at.is_(None))
         if after is not None:
             query = query.where(notifications.c.id < cursor.decode_id(after, "notifications"))
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             rows = [
                 dict(r)
                 for r in (

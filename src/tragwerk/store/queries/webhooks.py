@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tragwerk.domain.errors import NotFound
-from tragwerk.store.queries import Row
+from tragwerk.store.queries import Row, read_only
 from tragwerk.store.tables import webhook_subscriptions
 
 # The secret is write-only: it signs deliveries and is never returned.
@@ -24,16 +24,17 @@ PUBLIC_COLUMNS = (
 class WebhookStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._reader = read_only(engine)
 
     async def list(self) -> list[Row]:
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             result = await conn.execute(
                 select(*PUBLIC_COLUMNS).order_by(webhook_subscriptions.c.id)
             )
             return [dict(r) for r in result.mappings()]
 
     async def get(self, subscription_id: int) -> Row:
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             row = (
                 (
                     await conn.execute(
