@@ -49,11 +49,13 @@ def say(text: str) -> None:
 async def prepare(url: str, cases: int) -> tuple[str, list[int]]:
     """Create, migrate and seed the database as needed; return a token and locations."""
     parsed = make_url(url)
-    admin = await asyncpg.connect(user=parsed.username, host=parsed.host, port=parsed.port,
-                                  database="postgres")
+    admin = await asyncpg.connect(
+        user=parsed.username, host=parsed.host, port=parsed.port, database="postgres"
+    )
     try:
-        exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1",
-                                      parsed.database)
+        exists = await admin.fetchval(
+            "SELECT 1 FROM pg_database WHERE datname = $1", parsed.database
+        )
         if not exists:
             await admin.execute(f'CREATE DATABASE "{parsed.database}"')
     finally:
@@ -73,9 +75,11 @@ async def prepare(url: str, cases: int) -> tuple[str, list[int]]:
         async with engine.begin() as conn:
             raw = (await conn.get_raw_connection()).driver_connection
             user_id = await raw.fetchval(
-                "SELECT id FROM users WHERE email LIKE '%@seed.tragwerk.test' ORDER BY id LIMIT 1")
+                "SELECT id FROM users WHERE email LIKE '%@seed.tragwerk.test' ORDER BY id LIMIT 1"
+            )
             token, _ = await directory.create_token(
-                name="bench", user_id=user_id, service_client_id=None, expires_at=None, conn=conn)
+                name="bench", user_id=user_id, service_client_id=None, expires_at=None, conn=conn
+            )
             locations = [r["id"] for r in await raw.fetch("SELECT id FROM locations ORDER BY id")]
     finally:
         await engine.dispose()
@@ -96,7 +100,8 @@ async def page_starts(url: str, where: str, args: list[Any]) -> list[tuple[int, 
             raw = (await conn.get_raw_connection()).driver_connection
             keys = await raw.fetch(
                 f"SELECT created_at, id FROM cases WHERE {where} ORDER BY created_at DESC, id DESC",
-                *args)
+                *args,
+            )
     finally:
         await engine.dispose()
     pages: list[tuple[int, str | None]] = [(0, None)]
@@ -106,14 +111,17 @@ async def page_starts(url: str, where: str, args: list[Any]) -> list[tuple[int, 
     return pages
 
 
-def write_paths(directory: Path, name: str, query: str,
-                pages: list[tuple[int, str | None]]) -> dict[str, Path]:
+def write_paths(
+    directory: Path, name: str, query: str, pages: list[tuple[int, str | None]]
+) -> dict[str, Path]:
     variants = {
-        "keyset (tragwerk)": lambda off, cur: f"/v1/cases?{query}&limit={PAGE}"
-        + (f"&cursor={cur}" if cur else ""),
+        "keyset (tragwerk)": lambda off, cur: (
+            f"/v1/cases?{query}&limit={PAGE}" + (f"&cursor={cur}" if cur else "")
+        ),
         "OFFSET": lambda off, cur: f"/bench/offset/cases?{query}&limit={PAGE}&offset={off}",
-        "N+1 assignees": lambda off, cur: f"/bench/n-plus-one/cases?{query}&limit={PAGE}"
-        + (f"&cursor={cur}" if cur else ""),
+        "N+1 assignees": lambda off, cur: (
+            f"/bench/n-plus-one/cases?{query}&limit={PAGE}" + (f"&cursor={cur}" if cur else "")
+        ),
     }
     files = {}
     for variant, make in variants.items():
@@ -124,8 +132,12 @@ def write_paths(directory: Path, name: str, query: str,
 
 
 def start_server(url: str, port: int, pin: bool) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "TRAGWERK_DATABASE_URL": url, "TRAGWERK_LOG_LEVEL": "warning",
-           "TRAGWERK_PAGE_SIZE_MAX": "200"}
+    env = {
+        **os.environ,
+        "TRAGWERK_DATABASE_URL": url,
+        "TRAGWERK_LOG_LEVEL": "warning",
+        "TRAGWERK_PAGE_SIZE_MAX": "200",
+    }
     cmd = [sys.executable, "-m", "bench.peers", "--port", str(port)]
     if pin:
         cmd = ["taskset", "-c", "0", *cmd]
@@ -155,10 +167,23 @@ def check_same_answers(port: int, token: str, files: dict[str, Path]) -> None:
         assert all(a == answers[0] for a in answers), f"variants disagree on page {index}"
 
 
-def run_wrk(port: int, token: str, paths: Path, connections: int, seconds: int,
-            pin: bool) -> dict[str, Any]:
-    cmd = ["wrk", "-t", "1" if pin else "2", "-c", str(connections), "-d", f"{seconds}s",
-           "--timeout", "10s", "-s", str(HERE / "wrk_report.lua"), f"http://127.0.0.1:{port}"]
+def run_wrk(
+    port: int, token: str, paths: Path, connections: int, seconds: int, pin: bool
+) -> dict[str, Any]:
+    cmd = [
+        "wrk",
+        "-t",
+        "1" if pin else "2",
+        "-c",
+        str(connections),
+        "-d",
+        f"{seconds}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(HERE / "wrk_report.lua"),
+        f"http://127.0.0.1:{port}",
+    ]
     if pin:
         cmd = ["taskset", "-c", "1", *cmd]
     env = {**os.environ, "PATHS_FILE": str(paths), "TOKEN": token, "SEED": "7"}
@@ -191,8 +216,9 @@ def main() -> int:
     query_lines: dict[str, list[str]] = {}
     for loc in chosen:
         starts = asyncio.run(page_starts(url, "status = 'open' AND location_id = $1", [loc]))
-        for variant, path in write_paths(workdir, f"loc{loc}", f"status=open&location_id={loc}",
-                                         starts).items():
+        for variant, path in write_paths(
+            workdir, f"loc{loc}", f"status=open&location_id={loc}", starts
+        ).items():
             query_lines.setdefault(variant, []).extend(path.read_text().splitlines())
         pages_a += starts
     combined = {}
@@ -203,7 +229,8 @@ def main() -> int:
     listings["status=open & location (every page of 8 locations)"] = combined
     starts_b = asyncio.run(page_starts(url, "status = 'open'", []))
     listings[f"status=open (every page, 1 to {len(starts_b)})"] = write_paths(
-        workdir, "status", "status=open", starts_b)
+        workdir, "status", "status=open", starts_b
+    )
 
     server = start_server(url, args.port, args.pin)
     results: list[dict[str, Any]] = []
@@ -215,8 +242,7 @@ def main() -> int:
                     say(f"{listing} | {variant} | {connections} connections")
                     if args.warmup:
                         run_wrk(args.port, token, paths, connections, args.warmup, args.pin)
-                    result = run_wrk(args.port, token, paths, connections, args.duration,
-                                     args.pin)
+                    result = run_wrk(args.port, token, paths, connections, args.duration, args.pin)
                     result.update(listing=listing, variant=variant, connections=connections)
                     results.append(result)
     finally:
@@ -236,13 +262,19 @@ def print_table(results: list[dict[str, Any]]) -> None:
     print("| listing | conns | variant | req/s | p50 ms | p99 ms | vs keyset (req/s) | errors |")
     print("|---|---:|---|---:|---:|---:|---:|---:|")
     for r in results:
-        base = next(x for x in results if x["listing"] == r["listing"]
-                    and x["connections"] == r["connections"]
-                    and x["variant"] == "keyset (tragwerk)")
+        base = next(
+            x
+            for x in results
+            if x["listing"] == r["listing"]
+            and x["connections"] == r["connections"]
+            and x["variant"] == "keyset (tragwerk)"
+        )
         errors = r["status_errors"] + r["connect_errors"] + r["read_errors"] + r["timeouts"]
-        print(f"| {r['listing']} | {r['connections']} | {r['variant']} | {r['rps']:,.0f} | "
-              f"{r['p50_us'] / 1000:.1f} | {r['p99_us'] / 1000:.1f} | "
-              f"{r['rps'] / base['rps']:.2f}× | {errors} |")
+        print(
+            f"| {r['listing']} | {r['connections']} | {r['variant']} | {r['rps']:,.0f} | "
+            f"{r['p50_us'] / 1000:.1f} | {r['p99_us'] / 1000:.1f} | "
+            f"{r['rps'] / base['rps']:.2f}x | {errors} |"
+        )
 
 
 if __name__ == "__main__":

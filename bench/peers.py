@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import os
+from functools import lru_cache
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Query
-from sqlalchemy import select
+from sqlalchemy import BigInteger, bindparam
 from starlette.responses import Response
 
 from tragwerk.api.auth import Svc, require
@@ -26,9 +27,29 @@ from tragwerk.domain.cases import Status
 from tragwerk.domain.directory import Permission, Principal
 from tragwerk.settings import Settings
 from tragwerk.store import cursor as cursors
-from tragwerk.store.queries.cases import CaseFilter, assignees_of, list_query
+from tragwerk.store.hot import CompiledQuery, fetch
+from tragwerk.store.queries import read_only
+from tragwerk.store.queries.cases import (
+    CaseFilter,
+    ListShape,
+    assignees_of,
+    list_parameters,
+    list_statement,
+)
 
 router = APIRouter(prefix="/bench")
+
+
+@lru_cache
+def _offset_query(shape: ListShape) -> CompiledQuery:
+    return CompiledQuery(list_statement(shape).offset(bindparam("offset", type_=BigInteger)))
+
+
+@lru_cache
+def _keyset_query(shape: ListShape) -> CompiledQuery:
+    return CompiledQuery(list_statement(shape))
+
+
 Reader = Annotated[Principal, Depends(require(Permission.CASES_READ))]
 
 
@@ -42,10 +63,12 @@ async def offset_cases(
     offset: int = 0,
 ) -> Response:
     flt = CaseFilter(status=tuple(status or ()), location_id=location_id)
-    # The keyset query without its cursor, paged by OFFSET instead.
-    query = list_query(flt, "created", None, limit).limit(limit).offset(offset)
-    async with svc.engine.connect() as conn:
-        rows = [dict(r) for r in (await conn.execute(query)).mappings()]
+    # The keyset query without its cursor, paged by OFFSET instead; executed the same way.
+    shape, params = list_parameters(flt, "created", None, limit)
+    query = _offset_query(shape)
+    async with read_only(svc.engine).connect() as conn:
+        rows = [dict(r) for r in await fetch(conn, query, {**params, "offset": offset})]
+        rows = rows[:limit]
         by_case = await assignees_of(conn, [r["id"] for r in rows])
     for row in rows:
         row["assignees"] = by_case[row["id"]]
@@ -62,11 +85,9 @@ async def n_plus_one_cases(
     cursor: str | None = None,
 ) -> Response:
     flt = CaseFilter(status=tuple(status or ()), location_id=location_id)
-    async with svc.engine.connect() as conn:
-        rows = [
-            dict(r)
-            for r in (await conn.execute(list_query(flt, "created", cursor, limit))).mappings()
-        ]
+    shape, params = list_parameters(flt, "created", cursor, limit)
+    async with read_only(svc.engine).connect() as conn:
+        rows = [dict(r) for r in await fetch(conn, _keyset_query(shape), params)]
         more = len(rows) > limit
         rows = rows[:limit]
         for row in rows:  # one query per case: the N+1 pattern
@@ -93,5 +114,13 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     os.environ.setdefault("TRAGWERK_LOG_LEVEL", "warning")
-    uvicorn.run("bench.peers:app", factory=True, host="127.0.0.1", port=args.port,
-                workers=args.workers, log_config=None, access_log=False, server_header=False)
+    uvicorn.run(
+        "bench.peers:app",
+        factory=True,
+        host="127.0.0.1",
+        port=args.port,
+        workers=args.workers,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+    )

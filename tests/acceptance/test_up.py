@@ -151,3 +151,30 @@ def test_commands_refuse_what_they_cannot_do(tmp_path: Path, args: list[str]) ->
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 2, out
     assert "tragwerk:" in out
+
+
+def test_api_serves_a_shared_database_with_several_workers(tmp_path: Path) -> None:
+    require_service("PostgreSQL", SERVICE_PG_HOST, SERVICE_PG_PORT)
+    import asyncio
+
+    from tests.conftest import SERVICE_PG_ADMIN_URL, create_database, drop_database
+
+    url = asyncio.run(create_database(SERVICE_PG_ADMIN_URL, prefix="tragwerk_api"))
+    env = {"TRAGWERK_DATABASE_URL": url}
+    port = _free_port()
+    try:
+        migrate = _start(tmp_path, "migrate", env=env)
+        out, _ = migrate.communicate(timeout=60)
+        assert migrate.returncode == 0, out
+        assert "schema at revision" in out
+        proc = _start(tmp_path, "api", "--port", str(port), "--workers", "2", env=env)
+        try:
+            _wait_ready(proc, port)
+            codes = {
+                httpx.get(f"http://127.0.0.1:{port}/v1/roles").status_code for _ in range(20)
+            }
+            assert codes == {401}  # served, and authentication is enforced in every worker
+        finally:
+            _interrupt(proc, signal.SIGTERM)
+    finally:
+        asyncio.run(drop_database(SERVICE_PG_ADMIN_URL, url))
