@@ -15,15 +15,15 @@ from tragwerk.api.routes.paging import (
     Cursor,
     Limit,
     PathId,
-    as_precondition,
     etag,
-    expected_version,
     page,
     page_size,
+    versioned,
+    versioned_optional,
 )
 from tragwerk.domain.cases import Priority, Status
 from tragwerk.domain.directory import Permission, Principal
-from tragwerk.domain.errors import InvalidInput, StaleVersion
+from tragwerk.domain.errors import InvalidInput
 from tragwerk.store.queries.cases import CaseFilter
 
 router = APIRouter(prefix="/v1/cases", tags=["cases"])
@@ -100,17 +100,15 @@ async def update_case(
     who: Writer,
     if_match: IfMatch = None,
 ) -> Response:
-    version, from_header = expected_version(body.version, if_match)
     fields = body.model_dump(exclude_unset=True, exclude={"version"})
     for name in ("title", "priority", "location_id"):
         if name in fields and fields[name] is None:
             raise InvalidInput(f"{name} cannot be null")
     if fields.get("description", "") is None:
         raise InvalidInput("description cannot be null; send an empty string")
-    try:
-        case = await svc.cases.update(case_id, version, fields, who)
-    except StaleVersion as exc:
-        raise as_precondition(exc, from_header) from None
+    case = await versioned(
+        lambda version: svc.cases.update(case_id, version, fields, who), body.version, if_match
+    )
     return _case_response(case)
 
 
@@ -122,11 +120,11 @@ async def change_status(
     who: Writer,
     if_match: IfMatch = None,
 ) -> Response:
-    version, from_header = expected_version(body.version, if_match)
-    try:
-        case = await svc.cases.change_status(case_id, version, body.status, who)
-    except StaleVersion as exc:
-        raise as_precondition(exc, from_header) from None
+    case = await versioned(
+        lambda version: svc.cases.change_status(case_id, version, body.status, who),
+        body.version,
+        if_match,
+    )
     return _case_response(case)
 
 
@@ -138,16 +136,12 @@ async def add_assignees(
     who: Writer,
     if_match: IfMatch = None,
 ) -> Response:
-    version = None
-    from_header = False
-    if body.version is not None or if_match is not None:
-        version, from_header = expected_version(body.version, if_match)
-    try:
-        case = await svc.cases.add_assignees(
-            case_id, list(dict.fromkeys(body.user_ids)), version, who
-        )
-    except StaleVersion as exc:
-        raise as_precondition(exc, from_header) from None
+    user_ids = list(dict.fromkeys(body.user_ids))
+    case = await versioned_optional(
+        lambda version: svc.cases.add_assignees(case_id, user_ids, version, who),
+        body.version,
+        if_match,
+    )
     return _case_response(case)
 
 
@@ -161,14 +155,11 @@ async def remove_assignee(
     who: Writer,
     if_match: IfMatch = None,
 ) -> Response:
-    version = None
-    from_header = False
-    if if_match is not None:
-        version, from_header = expected_version(None, if_match)
-    try:
-        case = await svc.cases.remove_assignee(case_id, user_id, version, who)
-    except StaleVersion as exc:
-        raise as_precondition(exc, from_header) from None
+    case = await versioned_optional(
+        lambda version: svc.cases.remove_assignee(case_id, user_id, version, who),
+        None,
+        if_match,
+    )
     return _case_response(case)
 
 

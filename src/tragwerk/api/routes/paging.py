@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Path, Query
@@ -10,6 +11,7 @@ from fastapi import Path, Query
 from tragwerk.api.errors import PreconditionFailed, PreconditionRequired
 from tragwerk.api.services import Services
 from tragwerk.domain.errors import InvalidInput, StaleVersion
+from tragwerk.store.queries import Row
 
 PathId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 Cursor = Annotated[
@@ -54,7 +56,26 @@ def expected_version(body_version: int | None, if_match: str | None) -> tuple[in
     return body_version, False
 
 
-def as_precondition(exc: StaleVersion, from_if_match: bool) -> Exception:
-    if from_if_match:
-        return PreconditionFailed(exc.detail, exc.current_version)
-    return exc
+async def versioned(
+    write: Callable[[int], Awaitable[Row]], body_version: int | None, if_match: str | None
+) -> Row:
+    """Run a write that must name the version it is based on (428 without one).
+
+    A stale version is 409, or 412 when it came as If-Match (RFC 9110 semantics).
+    """
+    version, from_header = expected_version(body_version, if_match)
+    try:
+        return await write(version)
+    except StaleVersion as exc:
+        if from_header:
+            raise PreconditionFailed(exc.detail, exc.current_version) from None
+        raise
+
+
+async def versioned_optional(
+    write: Callable[[int | None], Awaitable[Row]], body_version: int | None, if_match: str | None
+) -> Row:
+    """Like `versioned` for writes that commute: a version is checked only when given."""
+    if body_version is None and if_match is None:
+        return await write(None)
+    return await versioned(write, body_version, if_match)

@@ -37,7 +37,7 @@ from tragwerk.domain.errors import InvalidReference, NotFound, StaleVersion
 from tragwerk.domain.observability import ModuleReporter
 from tragwerk.store import cursor
 from tragwerk.store.hot import CompiledQuery, fetch
-from tragwerk.store.queries import Row, read_only
+from tragwerk.store.queries import Page, Row, page_by_id, read_only
 from tragwerk.store.tables import case_assignees, case_history, cases, locations, users
 
 SORTS = ("created", "sla_due")
@@ -66,12 +66,6 @@ class CaseFilter:
     assignee_id: int | None = None
     sla_due_before: datetime | None = None
     title_contains: str | None = None
-
-
-@dataclass(frozen=True)
-class Page:
-    items: list[Row]
-    next_cursor: str | None
 
 
 def _escape_like(text: str) -> str:
@@ -495,8 +489,4 @@ class CaseStore:
                         await conn.execute(query.order_by(case_history.c.id).limit(limit + 1))
                     ).mappings()
                 ]
-        next_cursor = None
-        if len(rows) > limit:
-            rows = rows[:limit]
-            next_cursor = cursor.encode("history", None, rows[-1]["id"])
-        return Page(rows, next_cursor)
+        return page_by_id(rows, limit, "history")

@@ -18,8 +18,7 @@ from tragwerk.domain.errors import Conflict, InvalidReference, NotFound
 from tragwerk.domain.observability import ModuleReporter
 from tragwerk.store import cursor
 from tragwerk.store.hot import CompiledQuery, fetch
-from tragwerk.store.queries import Row, read_only
-from tragwerk.store.queries.cases import Page
+from tragwerk.store.queries import Page, Row, page_by_id, read_only
 from tragwerk.store.tables import (
     api_tokens,
     countries,
@@ -250,11 +249,7 @@ class DirectoryStore:
             query = query.where(users.c.active == active)
         async with self._reader.connect() as conn:
             rows = _rows(await conn.execute(query.order_by(users.c.id).limit(limit + 1)))
-        next_cursor = None
-        if len(rows) > limit:
-            rows = rows[:limit]
-            next_cursor = cursor.encode("users", None, rows[-1]["id"])
-        return Page(rows, next_cursor)
+        return page_by_id(rows, limit, "users")
 
     async def user(self, user_id: int) -> Row:
         async with self._reader.connect() as conn:

@@ -7,8 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tragwerk.domain.errors import NotFound
 from tragwerk.store import cursor
-from tragwerk.store.queries import Row, read_only
-from tragwerk.store.queries.cases import Page
+from tragwerk.store.queries import Page, Row, page_by_id, read_only
 from tragwerk.store.tables import notifications
 
 
@@ -33,11 +32,7 @@ class NotificationStore:
                     await conn.execute(query.order_by(notifications.c.id.desc()).limit(limit + 1))
                 ).mappings()
             ]
-        next_cursor = None
-        if len(rows) > limit:
-            rows = rows[:limit]
-            next_cursor = cursor.encode("notifications", None, rows[-1]["id"])
-        return Page(rows, next_cursor)
+        return page_by_id(rows, limit, "notifications")
 
     async def mark_read(self, user_id: int, notification_id: int) -> Row:
         async with self._engine.begin() as conn:
