@@ -170,9 +170,7 @@ def test_api_serves_a_shared_database_with_several_workers(tmp_path: Path) -> No
         proc = _start(tmp_path, "api", "--port", str(port), "--workers", "2", env=env)
         try:
             _wait_ready(proc, port)
-            codes = {
-                httpx.get(f"http://127.0.0.1:{port}/v1/roles").status_code for _ in range(20)
-            }
+            codes = {httpx.get(f"http://127.0.0.1:{port}/v1/roles").status_code for _ in range(20)}
             assert codes == {401}  # served, and authentication is enforced in every worker
         finally:
             _interrupt(proc, signal.SIGTERM)
