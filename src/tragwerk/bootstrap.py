@@ -6,9 +6,12 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tragwerk.api.app import create_app
+from tragwerk.api.cached import CachedReads
 from tragwerk.api.services import Services
+from tragwerk.cache.caches import Caches
 from tragwerk.monitoring.metrics import Metrics
 from tragwerk.settings import Settings
+from tragwerk.store.changes import ChangeFeed
 from tragwerk.store.database import create_engine
 from tragwerk.store.queries.cases import CaseStore
 from tragwerk.store.queries.directory import DirectoryStore
@@ -23,14 +26,31 @@ def build_services(
         database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
     )
     metrics = Metrics()
+    directory = DirectoryStore(engine, metrics.module("directory"))
+    caches = Caches.create(
+        metrics.module("reference_cache"),
+        metrics.module("principal_cache"),
+        settings.cache_ttl_seconds,
+    )
+    feed = None
+    if settings.cache_enabled:
+        feed = ChangeFeed(
+            database_url,
+            on_change=caches.changed,
+            on_state=caches.set_enabled,
+            reporter=metrics.module("change_feed"),
+        )
     return Services(
         settings=settings,
         engine=engine,
         metrics=metrics,
         cases=CaseStore(engine, metrics.module("cases"), settings.sla_policy),
-        directory=DirectoryStore(engine, metrics.module("directory")),
+        directory=directory,
         webhooks=WebhookStore(engine),
         notifications=NotificationStore(engine),
+        caches=caches,
+        reads=CachedReads(caches, directory),
+        feed=feed,
     )
 
 

@@ -27,6 +27,17 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
     return value
 
 
+def _switch(env: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in {"on", "true", "1", "yes"}:
+        return True
+    if raw in {"off", "false", "0", "no"}:
+        return False
+    raise SettingsError(f"{name} must be 'on' or 'off', got {raw!r}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting tragwerk reads. Documented in docs/configuration.md."""
@@ -45,6 +56,8 @@ class Settings:
     page_size_max: int = 200
     sla_policy: SlaPolicy = field(default_factory=SlaPolicy)
     log_level: str = "info"
+    cache_enabled: bool = True
+    cache_ttl_seconds: float = 300.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -65,6 +78,8 @@ class Settings:
             page_size_max=_int(env, "TRAGWERK_PAGE_SIZE_MAX", 200),
             sla_policy=sla_policy,
             log_level=(env.get("TRAGWERK_LOG_LEVEL") or "info").lower(),
+            cache_enabled=_switch(env, "TRAGWERK_CACHE", default=True),
+            cache_ttl_seconds=float(_int(env, "TRAGWERK_CACHE_TTL_SECONDS", 300)),
         )
         if settings.page_size_default > settings.page_size_max:
             raise SettingsError("TRAGWERK_PAGE_SIZE_DEFAULT must not exceed TRAGWERK_PAGE_SIZE_MAX")

@@ -15,7 +15,7 @@ from tragwerk.api.routes import cases, health, reference, users, webhooks
 from tragwerk.api.services import Services
 
 
-def create_app(services: Services, *, dispose_engine: bool = True) -> FastAPI:
+def create_app(services: Services) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Everything alive after start-up (modules, routes, schemas) lives as long as the
@@ -23,11 +23,11 @@ def create_app(services: Services, *, dispose_engine: bool = True) -> FastAPI:
         # again and again, which showed as a 3x p99 latency (docs/decisions/0003).
         gc.collect()
         gc.freeze()
+        await services.start()
         try:
             yield
         finally:
-            if dispose_engine:
-                await services.engine.dispose()
+            await services.stop()
 
     app = FastAPI(
         title="tragwerk",

@@ -31,7 +31,7 @@ async def principal(request: Request) -> Principal:
         raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
     if len(token) > MAX_TOKEN_LENGTH:
         raise Unauthenticated("the token is invalid, revoked or expired")
-    found = await (await services(request)).directory.authenticate(token)
+    found = await (await services(request)).reads.principal(token)
     if found is None:
         raise Unauthenticated("the token is invalid, revoked or expired")
     request.state.principal = found

@@ -6,8 +6,11 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tragwerk.api.cached import CachedReads
+from tragwerk.cache.caches import Caches
 from tragwerk.monitoring.metrics import Metrics
 from tragwerk.settings import Settings
+from tragwerk.store.changes import ChangeFeed
 from tragwerk.store.queries.cases import CaseStore
 from tragwerk.store.queries.directory import DirectoryStore
 from tragwerk.store.queries.notifications import NotificationStore
@@ -23,3 +26,21 @@ class Services:
     directory: DirectoryStore
     webhooks: WebhookStore
     notifications: NotificationStore
+    caches: Caches
+    reads: CachedReads
+    feed: ChangeFeed | None
+
+    async def start(self) -> None:
+        """Start what runs beside the requests: the change feed that keeps caches true."""
+        if self.feed is not None:
+            await self.feed.start()
+
+    async def stop(self) -> None:
+        if self.feed is not None:
+            await self.feed.stop()
+        await self.engine.dispose()
+
+    def cache_state(self) -> str:
+        if self.feed is None:
+            return "off"
+        return "ok" if self.feed.connected else "reconnecting (serving from the database)"

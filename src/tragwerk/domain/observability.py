@@ -6,6 +6,7 @@ Prometheus, and the composition root passes the implementation in.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Protocol
 
@@ -17,6 +18,12 @@ class ModuleReporter(Protocol):
     def set_healthy(self, healthy: bool) -> None:
         """Report the module's state (up or failing)."""
 
+    def count(self, event: str, amount: int = 1) -> None:
+        """Count a notable event (a cache hit, an invalidation, a reconnect)."""
+
+    def observe(self, name: str, read: Callable[[], float]) -> None:
+        """Report a value read when metrics are collected (an age, a size)."""
+
 
 class SilentReporter:
     """A reporter that records nothing: for unit tests and tools that run without metrics."""
@@ -25,4 +32,10 @@ class SilentReporter:
         return nullcontext()
 
     def set_healthy(self, healthy: bool) -> None:
+        return None
+
+    def count(self, event: str, amount: int = 1) -> None:
+        return None
+
+    def observe(self, name: str, read: Callable[[], float]) -> None:
         return None

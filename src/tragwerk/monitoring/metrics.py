@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -54,6 +54,18 @@ class Metrics:
             ["module", "operation"],
             registry=self.registry,
         )
+        self.events = Counter(
+            "tragwerk_module_events",
+            "Notable events of a module (cache hits and misses, invalidations, reconnects)",
+            ["module", "event"],
+            registry=self.registry,
+        )
+        self.values = Gauge(
+            "tragwerk_module_value",
+            "Values a module reports when scraped (entries, age of the oldest entry)",
+            ["module", "name"],
+            registry=self.registry,
+        )
         self.http_requests = Counter(
             "tragwerk_http_requests",
             "HTTP requests by route template, method and status code",
@@ -89,6 +101,7 @@ class ModuleMonitor:
         self._up = metrics.module_up.labels(module)
         self._up.set(1)
         self._timers: dict[str, tuple[Histogram, Counter]] = {}
+        self._events: dict[str, Counter] = {}
 
     def _children(self, operation: str) -> tuple[Histogram, Counter]:
         children = self._timers.get(operation)
@@ -117,3 +130,12 @@ class ModuleMonitor:
 
     def set_healthy(self, healthy: bool) -> None:
         self._up.set(1 if healthy else 0)
+
+    def count(self, event: str, amount: int = 1) -> None:
+        counter = self._events.get(event)
+        if counter is None:
+            counter = self._events[event] = self._metrics.events.labels(self._module, event)
+        counter.inc(amount)
+
+    def observe(self, name: str, read: Callable[[], float]) -> None:
+        self._metrics.values.labels(self._module, name).set_function(read)

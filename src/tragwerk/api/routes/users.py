@@ -65,7 +65,10 @@ async def update_user(
             raise InvalidInput(f"{name} cannot be null")
     if not fields:
         return JSON(await svc.directory.user(user_id))
-    return JSON(await svc.directory.update_user(user_id, fields))
+    row = await svc.directory.update_user(user_id, fields)
+    # A deactivated user is refused by this instance from the next request on.
+    svc.caches.changed("users", [user_id])
+    return JSON(row)
 
 
 @router.get("/service-clients", response_model=list[schemas.ServiceClient])
@@ -118,4 +121,6 @@ async def revoke_token(token_id: PathId, svc: Svc, who: Anyone) -> Response:
     )
     if not own and not who.can(Permission.TOKENS_WRITE):
         raise NotFound(f"token {token_id} does not exist")
-    return JSON(await svc.directory.revoke_token(token_id))
+    row = await svc.directory.revoke_token(token_id)
+    svc.caches.changed("api_tokens", [token_id])
+    return JSON(row)

@@ -35,7 +35,8 @@ AUTHENTICATE = CompiledQuery(
     text(
         """
     SELECT t.id AS token_id, t.user_id, t.service_client_id,
-           coalesce(sc.internal, false) AS internal, r.permissions
+           coalesce(sc.internal, false) AS internal, r.id AS role_id, r.permissions,
+           t.expires_at
     FROM api_tokens t
     LEFT JOIN users u ON u.id = t.user_id
     LEFT JOIN service_clients sc ON sc.id = t.service_client_id
@@ -47,6 +48,16 @@ AUTHENTICATE = CompiledQuery(
     """
     )
 )
+
+
+def principal_of(row: Row) -> Principal:
+    return Principal(
+        token_id=row["token_id"],
+        user_id=row["user_id"],
+        service_client_id=row["service_client_id"],
+        internal=row["internal"],
+        permissions=frozenset(row["permissions"]),
+    )
 
 
 def hash_token(token: str) -> bytes:
@@ -97,20 +108,16 @@ class DirectoryStore:
         self._reporter = reporter
 
     # -- authentication -------------------------------------------------------------
-    async def authenticate(self, token: str) -> Principal | None:
+    async def token_owner(self, token_hash: bytes) -> Row | None:
+        """The live token with this hash and its owner's role, or None."""
         with self._reporter.operation("authenticate"):
             async with self._reader.connect() as conn:
-                rows = await fetch(conn, AUTHENTICATE, {"token_hash": hash_token(token)})
-        if not rows:
-            return None
-        row = rows[0]
-        return Principal(
-            token_id=row["token_id"],
-            user_id=row["user_id"],
-            service_client_id=row["service_client_id"],
-            internal=row["internal"],
-            permissions=frozenset(row["permissions"]),
-        )
+                rows = await fetch(conn, AUTHENTICATE, {"token_hash": token_hash})
+        return dict(rows[0]) if rows else None
+
+    async def authenticate(self, token: str) -> Principal | None:
+        row = await self.token_owner(hash_token(token))
+        return None if row is None else principal_of(row)
 
     # -- countries and locations ----------------------------------------------------
     async def countries(self) -> list[Row]:
