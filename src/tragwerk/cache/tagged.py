@@ -80,15 +80,14 @@ class TaggedCache(Generic[K, V]):
             self.reporter.count("miss")
             # The load runs as a task of its own: a caller that goes away (a client
             # disconnecting) does not cancel it for the others waiting on it.
-            pending = asyncio.ensure_future(self._load(key, load))
+            pending = asyncio.ensure_future(self._load(key, load, self._generation))
             pending.add_done_callback(_retrieve)
             self._loading[key] = pending
         else:
             self.reporter.count("coalesced")
         return await asyncio.shield(pending)
 
-    async def _load(self, key: K, load: Callable[[], Awaitable[Loaded[V]]]) -> V:
-        generation = self._generation
+    async def _load(self, key: K, load: Callable[[], Awaitable[Loaded[V]]], generation: int) -> V:
         try:
             loaded = await load()
         finally:
