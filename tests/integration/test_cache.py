@@ -228,3 +228,27 @@ async def test_cache_metrics_are_reported(api: Api) -> None:
         'tragwerk_module_up{module="change_feed"} 1.0',
     ):
         assert needle in text, needle
+
+
+async def test_fast_path_answers_like_the_route(api: Api) -> None:
+    """The reference fast path gives the route's answer, and defers every refusal to it."""
+    for path in ("/v1/roles", "/v1/locations", "/v1/countries"):
+        fast = await api.get(path)
+        routed = await api.get(path, params={"_": "1"})  # a query string takes the route
+        assert fast.status_code == routed.status_code == 200
+        assert fast.json() == routed.json()
+        assert fast.headers["content-type"] == "application/json"
+        anonymous = await api.client.get(path)
+        assert anonymous.status_code == 401
+        assert anonymous.headers["content-type"] == "application/problem+json"
+    role = await api.post("/v1/roles", {"name": f"blind{id(api) % 10000}x", "permissions": []})
+    user = await api.user(role="viewer")
+    await api.client.patch(
+        f"/v1/users/{user['id']}", json={"role_id": role.json()["id"]}, headers=api.auth()
+    )
+    token = await api.token_for(user["id"])
+    r = await api.get("/v1/locations", token=token)
+    assert r.status_code == 403
+    assert "reference:read" in r.json()["detail"]
+    text = (await api.client.get("/metrics")).text
+    assert 'tragwerk_http_requests_total{method="GET",route="/v1/locations",status="200"}' in text

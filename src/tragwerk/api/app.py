@@ -7,9 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 import tragwerk
 from tragwerk.api import errors
+from tragwerk.api.fast_reference import TABLES as FAST_TABLES
+from tragwerk.api.fast_reference import ReferenceFastPath
 from tragwerk.api.middleware import BodyGuard, RequestMetrics
 from tragwerk.api.routes import cases, health, reference, users, webhooks
 from tragwerk.api.services import Services
@@ -34,12 +37,22 @@ def create_app(services: Services) -> FastAPI:
         version=tragwerk.__version__,
         description="Case management whose performance and scalability layer is the point.",
         lifespan=lifespan,
+        # tragwerk reports through its own Prometheus metrics; FastAPI's native
+        # OpenTelemetry probe costs environment look-ups on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.services = services
     errors.install(app)
     for module in (health, cases, reference, users, webhooks):
         app.include_router(module.router)
-    # Outermost first: metrics see every request, including the ones BodyGuard refuses.
+    # add_middleware wraps: the last added runs first. Order of a request:
+    # RequestMetrics -> BodyGuard -> ReferenceFastPath -> FastAPI's routing.
+    fast_routes = {
+        route.path: route
+        for route in app.routes
+        if isinstance(route, APIRoute) and route.path in FAST_TABLES
+    }
+    app.add_middleware(ReferenceFastPath, services=services, routes=fast_routes)
     app.add_middleware(BodyGuard, limit=services.settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=services.metrics)
     return app

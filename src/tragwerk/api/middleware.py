@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
-import uuid
+from typing import Any
 
 import orjson
 import structlog
@@ -122,6 +124,13 @@ class RequestMetrics:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # Request ids: a random per-process prefix and a counter. uuid4() reads
+        # os.urandom per call, which was 19 % of a cached request's CPU (decisions/0004).
+        self._prefix = os.urandom(5).hex()
+        self._counter = itertools.count()
+        # Labelled children looked up once: .labels() costs a lock and a hash per call.
+        self._counted: dict[tuple[str, str, int], Any] = {}
+        self._timed: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -133,7 +142,7 @@ class RequestMetrics:
                 request_id = value[:64]
                 break
         if request_id is None:
-            request_id = uuid.uuid4().hex.encode()
+            request_id = f"{self._prefix}{next(self._counter):012x}".encode()
         status = 500
         start = time.perf_counter()
 

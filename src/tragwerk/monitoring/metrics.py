@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 # Buckets from 0.5 ms to 10 s: database operations and requests both land inside.
 LATENCY_BUCKETS = (
@@ -54,12 +56,10 @@ class Metrics:
             ["module", "operation"],
             registry=self.registry,
         )
-        self.events = Counter(
-            "tragwerk_module_events",
-            "Notable events of a module (cache hits and misses, invalidations, reconnects)",
-            ["module", "event"],
-            registry=self.registry,
-        )
+        # Events are counted in a plain dict and read at scrape time: a cache hit
+        # happens on nearly every request, and a prometheus Counter takes a lock per inc.
+        self.event_counts: dict[tuple[str, str], int] = {}
+        self.registry.register(_EventCollector(self.event_counts))
         self.values = Gauge(
             "tragwerk_module_value",
             "Values a module reports when scraped (entries, age of the oldest entry)",
@@ -92,6 +92,21 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class _EventCollector(Collector):
+    def __init__(self, counts: dict[tuple[str, str], int]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "tragwerk_module_events",
+            "Notable events of a module (cache hits and misses, invalidations, reconnects)",
+            labels=["module", "event"],
+        )
+        for (module, event), value in sorted(self._counts.items()):
+            family.add_metric([module, event], value)
+        yield family
+
+
 class ModuleMonitor:
     """A `ModuleReporter` that writes one module's figures to the registry."""
 
@@ -101,7 +116,7 @@ class ModuleMonitor:
         self._up = metrics.module_up.labels(module)
         self._up.set(1)
         self._timers: dict[str, tuple[Histogram, Counter]] = {}
-        self._events: dict[str, Counter] = {}
+        self._counts = metrics.event_counts
 
     def _children(self, operation: str) -> tuple[Histogram, Counter]:
         children = self._timers.get(operation)
@@ -132,10 +147,9 @@ class ModuleMonitor:
         self._up.set(1 if healthy else 0)
 
     def count(self, event: str, amount: int = 1) -> None:
-        counter = self._events.get(event)
-        if counter is None:
-            counter = self._events[event] = self._metrics.events.labels(self._module, event)
-        counter.inc(amount)
+        key = (self._module, event)
+        counts = self._counts
+        counts[key] = counts.get(key, 0) + amount
 
     def observe(self, name: str, read: Callable[[], float]) -> None:
         self._metrics.values.labels(self._module, name).set_function(read)
