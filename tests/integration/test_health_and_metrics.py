@@ -100,3 +100,36 @@ async def test_openapi_documents_every_route(api: Api) -> None:
         assert path in paths, path
     case_list = paths["/v1/cases"]["get"]["responses"]["200"]["content"]["application/json"]
     assert case_list["schema"]["$ref"].endswith("/CasePage")
+
+
+async def test_an_unexpected_error_is_a_500_problem_and_counted(database_url: str) -> None:
+    from tests.conftest import make_api
+
+    instance, app = await make_api(database_url)
+
+    async def broken(_case_id: int) -> None:
+        raise RuntimeError("a bug")
+
+    instance.services.cases.get = broken  # type: ignore[method-assign,assignment]
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+    ):
+        r = await client.get("/v1/cases/1", headers=instance.auth())
+        assert r.status_code == 500
+        assert r.headers["content-type"] == "application/problem+json"
+        assert "a bug" not in r.text  # nothing internal leaks
+        assert r.headers["x-request-id"]
+        text = (await client.get("/metrics")).text
+        assert (
+            _sample(
+                text,
+                "tragwerk_http_requests_total",
+                route="/v1/cases/{case_id}",
+                method="GET",
+                status="500",
+            )
+            == 1
+        )
+    await instance.client.aclose()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from starlette.types import ASGIApp
 
 import tragwerk
 from tragwerk.api import errors
@@ -16,6 +18,24 @@ from tragwerk.api.fast_reference import ReferenceFastPath
 from tragwerk.api.middleware import BodyGuard, RequestMetrics
 from tragwerk.api.routes import cases, health, reference, users, webhooks
 from tragwerk.api.services import Services
+
+
+class TragwerkApp(FastAPI):
+    """FastAPI with tragwerk's own layers outside FastAPI's middleware stack.
+
+    Request order: RequestMetrics -> BodyGuard -> ReferenceFastPath -> FastAPI's stack
+    (error middleware, routing, dependencies). Outside, the cached reference reads
+    skip five layers they do not need (docs/decisions/0004); an unhandled error still
+    becomes FastAPI's 500 response inside, which RequestMetrics counts on its way out.
+    """
+
+    outer: list[tuple[type, dict[str, Any]]]
+
+    def build_middleware_stack(self) -> ASGIApp:
+        app = super().build_middleware_stack()
+        for layer, options in self.outer:
+            app = layer(app, **options)
+        return app
 
 
 def create_app(services: Services) -> FastAPI:
@@ -32,7 +52,7 @@ def create_app(services: Services) -> FastAPI:
         finally:
             await services.stop()
 
-    app = FastAPI(
+    app = TragwerkApp(
         title="tragwerk",
         version=tragwerk.__version__,
         description="Case management whose performance and scalability layer is the point.",
@@ -45,14 +65,15 @@ def create_app(services: Services) -> FastAPI:
     errors.install(app)
     for module in (health, cases, reference, users, webhooks):
         app.include_router(module.router)
-    # add_middleware wraps: the last added runs first. Order of a request:
-    # RequestMetrics -> BodyGuard -> ReferenceFastPath -> FastAPI's routing.
     fast_routes = {
         route.path: route
         for route in app.routes
         if isinstance(route, APIRoute) and route.path in FAST_TABLES
     }
-    app.add_middleware(ReferenceFastPath, services=services, routes=fast_routes)
-    app.add_middleware(BodyGuard, limit=services.settings.max_body_bytes)
-    app.add_middleware(RequestMetrics, metrics=services.metrics)
+    # Innermost first: each wraps the ones before it.
+    app.outer = [
+        (ReferenceFastPath, {"services": services, "routes": fast_routes}),
+        (BodyGuard, {"limit": services.settings.max_body_bytes}),
+        (RequestMetrics, {"metrics": services.metrics}),
+    ]
     return app
