@@ -14,34 +14,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-from datetime import datetime
 from typing import Any
 
 import orjson
 import uvicorn
 from fastapi import FastAPI
-from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tragwerk.api.schemas import Country, Location
 from tragwerk.store.database import create_engine
 from tragwerk.store.queries.directory import DirectoryStore
-
-
-class Location(BaseModel):
-    id: int
-    name: str
-    country_code: str
-    time_zone: str
-    created_at: datetime
-
-
-class Country(BaseModel):
-    code: str
-    alpha3: str
-    name: str
 
 
 async def _rows(url: str) -> dict[str, list[dict[str, Any]]]:

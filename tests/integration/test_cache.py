@@ -252,3 +252,16 @@ async def test_fast_path_answers_like_the_route(api: Api) -> None:
     assert "reference:read" in r.json()["detail"]
     text = (await api.client.get("/metrics")).text
     assert 'tragwerk_http_requests_total{method="GET",route="/v1/locations",status="200"}' in text
+
+
+async def test_concurrent_misses_cause_one_database_load(api: Api) -> None:
+    await api.get("/v1/locations")  # the token is cached now
+    api.services.caches.changed("locations", None)  # as if a change had just committed
+    counter = QueryCounter().attach(api.services.engine)
+    try:
+        responses = await asyncio.gather(*(api.get("/v1/locations") for _ in range(50)))
+    finally:
+        counter.detach(api.services.engine)
+    assert {r.status_code for r in responses} == {200}
+    assert len({r.content for r in responses}) == 1
+    assert counter.count == 1  # one load for fifty concurrent misses
