@@ -281,3 +281,23 @@ async def test_service_client_creates_cases_for_a_reporter(api: Api) -> None:
     history = (await api.get(f"/v1/cases/{r.json()['id']}/history")).json()["items"]
     assert history[0]["actor_service_client_id"] == client["id"]
     assert history[0]["actor_user_id"] is None
+
+
+async def test_text_postgresql_cannot_store_is_refused_not_crashed_on(api: Api) -> None:
+    loc = await api.location()
+    headers = {**api.auth(), "Content-Type": "application/json"}
+    bodies = [
+        ("/v1/cases", b'{"title": "a\\u0000b", "location_id": %d}' % loc),
+        ("/v1/cases", b'{"title": "\\ud800", "location_id": %d}' % loc),
+        (
+            "/v1/webhook-subscriptions",
+            b'{"url": "https://x.example/", "secret": "ssssssssssssssss", "event_types": ["\\udc00"]}',
+        ),
+        ("/v1/users", b'{"email": "a@b.cd", "name": "x", "role_id": 1540772}'),
+        ("/v1/service-clients", b'{"name": "x", "role_id": 40000}'),
+    ]
+    for path, body in bodies:
+        r = await api.client.post(path, content=body, headers=headers)
+        assert r.status_code == 422, (path, body, r.text)
+    r = await api.get("/v1/cases", params={"q": "ab\x00c"})
+    assert r.status_code == 422

@@ -120,3 +120,17 @@ async def test_unknown_route_is_a_problem(api: Api) -> None:
     assert r.headers["content-type"] == "application/problem+json"
     r = await api.client.put("/v1/cases", headers=api.auth())
     assert r.status_code == 405
+
+
+async def test_the_admin_role_cannot_lose_permissions(api: Api) -> None:
+    roles = {r["name"]: r for r in (await api.get("/v1/roles")).json()}
+    admin = roles["admin"]
+    r = await api.client.put(
+        f"/v1/roles/{admin['id']}", json={"permissions": []}, headers=api.auth()
+    )
+    assert r.status_code == 409
+    assert (await api.get("/v1/roles")).status_code == 200  # still an admin
+    r = await api.client.put(
+        f"/v1/roles/{admin['id']}", json={"permissions": admin["permissions"]}, headers=api.auth()
+    )
+    assert r.status_code == 200

@@ -10,19 +10,58 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    AnyHttpUrl,
+    AnyUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 
 from tragwerk.domain.cases import Priority, Status
 
 Id = Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]
+RoleId = Annotated[StrictInt, Field(ge=1, le=32767)]
 Version = Annotated[StrictInt, Field(ge=1, le=2**31 - 1)]
 Title = Annotated[StrictStr, Field(min_length=1, max_length=300)]
 Description = Annotated[StrictStr, Field(max_length=20_000)]
 Name = Annotated[StrictStr, Field(min_length=1, max_length=200)]
 
 
+def storable(text: str) -> bool:
+    """PostgreSQL text holds neither NUL nor lone UTF-16 surrogates; refuse them up front."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [s for item in value for s in _strings(item)]
+    if isinstance(value, AnyUrl):
+        return [str(value)]
+    return []
+
+
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _storable_text(self) -> Body:
+        for name in type(self).model_fields:
+            if not all(storable(s) for s in _strings(getattr(self, name))):
+                raise ValueError(f"{name} contains NUL or unpaired surrogate characters")
+        return self
 
 
 # -- cases --------------------------------------------------------------------------
@@ -156,7 +195,7 @@ Email = Annotated[
 class UserCreate(Body):
     email: Email
     name: Name
-    role_id: Id
+    role_id: RoleId
     location_id: Id | None = None
     active: StrictBool = True
 
@@ -164,7 +203,7 @@ class UserCreate(Body):
 class UserUpdate(Body):
     email: Email | None = None
     name: Name | None = None
-    role_id: Id | None = None
+    role_id: RoleId | None = None
     location_id: Id | None = None
     active: StrictBool | None = None
 
@@ -186,7 +225,7 @@ class UserPage(BaseModel):
 
 class ServiceClientCreate(Body):
     name: Name
-    role_id: Id
+    role_id: RoleId
     internal: StrictBool = False
 
 

@@ -56,6 +56,8 @@ async def list_cases(
     cursor: Cursor = None,
     limit: Limit = None,
 ) -> Response:
+    if q is not None and not schemas.storable(q):
+        raise InvalidInput("q contains NUL or unpaired surrogate characters")
     if sla_due_before is not None and sla_due_before.tzinfo is None:
         raise InvalidInput("sla_due_before needs a time zone, e.g. 2026-12-01T00:00:00Z")
     flt = CaseFilter(

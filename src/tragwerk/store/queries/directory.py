@@ -28,6 +28,7 @@ from tragwerk.store.tables import (
     users,
 )
 
+ADMIN_ROLE = "admin"
 TOKEN_PREFIX = "tw_"  # noqa: S105 - a marker that makes leaked tokens easy to find, not a secret
 
 # One round trip per request: token -> owner -> role -> permissions (api_tokens_token_hash_key).
@@ -220,6 +221,10 @@ class DirectoryStore:
     async def update_role(self, role_id: int, permissions: Iterable[str]) -> Row:
         names = check_permissions(permissions)
         async with self._engine.begin() as conn:
+            name = await conn.scalar(select(roles.c.name).where(roles.c.id == role_id))
+            if name == ADMIN_ROLE and set(names) != set(ALL_PERMISSIONS):
+                # Otherwise one request could lock every administrator out for good.
+                raise Conflict("the admin role keeps every permission; create a new role instead")
             row = (
                 (
                     await conn.execute(
