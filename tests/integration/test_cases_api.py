@@ -291,7 +291,8 @@ async def test_text_postgresql_cannot_store_is_refused_not_crashed_on(api: Api) 
         ("/v1/cases", b'{"title": "\\ud800", "location_id": %d}' % loc),
         (
             "/v1/webhook-subscriptions",
-            b'{"url": "https://x.example/", "secret": "ssssssssssssssss", "event_types": ["\\udc00"]}',
+            b'{"url": "https://x.example/", "secret": "ssssssssssssssss", '
+            b'"event_types": ["\\udc00"]}',
         ),
         ("/v1/users", b'{"email": "a@b.cd", "name": "x", "role_id": 1540772}'),
         ("/v1/service-clients", b'{"name": "x", "role_id": 40000}'),
