@@ -10,6 +10,9 @@ from tragwerk.api.cached import CachedReads
 from tragwerk.api.services import Services
 from tragwerk.cache.caches import Caches
 from tragwerk.monitoring.metrics import Metrics
+from tragwerk.ratelimit.budget import Budget, MemoryBudget, SharedBudget
+from tragwerk.ratelimit.limiter import RequestLimiter
+from tragwerk.ratelimit.policy import FailMode, Tier, TierPolicy, parse_limit
 from tragwerk.settings import Settings
 from tragwerk.store.changes import ChangeFeed
 from tragwerk.store.database import create_engine
@@ -40,7 +43,9 @@ def build_services(
             on_state=caches.set_enabled,
             reporter=metrics.module("change_feed"),
         )
+    limiter = build_limiter(settings, metrics) if settings.rate_limit_enabled else None
     return Services(
+        limiter=limiter,
         settings=settings,
         engine=engine,
         metrics=metrics,
@@ -51,6 +56,37 @@ def build_services(
         caches=caches,
         reads=CachedReads(caches, directory),
         feed=feed,
+    )
+
+
+def build_limiter(settings: Settings, metrics: Metrics) -> RequestLimiter:
+    """Tier policies from the settings over a memory or Redis-shared budget."""
+    limits = {
+        Tier.ANONYMOUS: (settings.limit_anonymous, settings.fail_anonymous),
+        Tier.EXTERNAL: (settings.limit_external, settings.fail_external),
+        Tier.INTERNAL: (settings.limit_internal, settings.fail_internal),
+    }
+    policies = {
+        tier: TierPolicy(tier, parse_limit(limit), FailMode(fail))
+        for tier, (limit, fail) in limits.items()
+    }
+    budget: Budget
+    if settings.redis_url:
+        from limits.aio.storage import RedisStorage
+
+        storage = RedisStorage(
+            "async+" + settings.redis_url, implementation="redispy", socket_timeout=0.5
+        )
+        budget = SharedBudget(storage)
+    else:
+        budget = MemoryBudget()
+    return RequestLimiter(
+        policies=policies,
+        budget=budget,
+        reporter=metrics.module("ratelimit"),
+        auth_failures=parse_limit(settings.limit_auth_failures),
+        shared=settings.redis_url is not None,
+        namespace=settings.redis_namespace,
     )
 
 

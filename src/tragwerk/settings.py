@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from limits import parse
+
 from tragwerk.domain.cases import SlaPolicy
 
 
@@ -58,6 +60,17 @@ class Settings:
     log_level: str = "info"
     cache_enabled: bool = True
     cache_ttl_seconds: float = 300.0
+    # None: rate-limit budgets in this process's memory (the embedded profile).
+    redis_url: str | None = None
+    redis_namespace: str = "tragwerk"
+    rate_limit_enabled: bool = True
+    limit_anonymous: str = "120/minute"
+    limit_external: str = "1200/minute"
+    limit_internal: str = "12000/minute"
+    limit_auth_failures: str = "30/minute"
+    fail_anonymous: str = "local"
+    fail_external: str = "local"
+    fail_internal: str = "open"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -80,7 +93,29 @@ class Settings:
             log_level=(env.get("TRAGWERK_LOG_LEVEL") or "info").lower(),
             cache_enabled=_switch(env, "TRAGWERK_CACHE", default=True),
             cache_ttl_seconds=float(_int(env, "TRAGWERK_CACHE_TTL_SECONDS", 300)),
+            redis_url=env.get("TRAGWERK_REDIS_URL") or None,
+            redis_namespace=env.get("TRAGWERK_REDIS_NAMESPACE") or "tragwerk",
+            rate_limit_enabled=_switch(env, "TRAGWERK_RATE_LIMIT", default=True),
+            limit_anonymous=env.get("TRAGWERK_LIMIT_ANONYMOUS") or "120/minute",
+            limit_external=env.get("TRAGWERK_LIMIT_EXTERNAL") or "1200/minute",
+            limit_internal=env.get("TRAGWERK_LIMIT_INTERNAL") or "12000/minute",
+            limit_auth_failures=env.get("TRAGWERK_LIMIT_AUTH_FAILURES") or "30/minute",
+            fail_anonymous=(env.get("TRAGWERK_LIMIT_FAIL_ANONYMOUS") or "local").lower(),
+            fail_external=(env.get("TRAGWERK_LIMIT_FAIL_EXTERNAL") or "local").lower(),
+            fail_internal=(env.get("TRAGWERK_LIMIT_FAIL_INTERNAL") or "open").lower(),
         )
+        for name in ("limit_anonymous", "limit_external", "limit_internal", "limit_auth_failures"):
+            try:
+                parse(getattr(settings, name))
+            except ValueError:
+                variable = "TRAGWERK_" + name.upper()
+                raise SettingsError(
+                    f"{variable} must be a rate like '1200/minute', got {getattr(settings, name)!r}"
+                ) from None
+        for name in ("fail_anonymous", "fail_external", "fail_internal"):
+            if getattr(settings, name) not in {"open", "local", "closed"}:
+                variable = "TRAGWERK_LIMIT_" + name.upper()
+                raise SettingsError(f"{variable} must be open, local or closed")
         if settings.page_size_default > settings.page_size_max:
             raise SettingsError("TRAGWERK_PAGE_SIZE_DEFAULT must not exceed TRAGWERK_PAGE_SIZE_MAX")
         return settings

@@ -15,6 +15,7 @@ import tragwerk
 from tragwerk.api import errors
 from tragwerk.api.fast_reference import TABLES as FAST_TABLES
 from tragwerk.api.fast_reference import ReferenceFastPath
+from tragwerk.api.limiting import RateLimit
 from tragwerk.api.middleware import BodyGuard, RequestMetrics
 from tragwerk.api.routes import cases, health, reference, users, webhooks
 from tragwerk.api.services import Services
@@ -23,7 +24,7 @@ from tragwerk.api.services import Services
 class TragwerkApp(FastAPI):
     """FastAPI with tragwerk's own layers outside FastAPI's middleware stack.
 
-    Request order: RequestMetrics -> BodyGuard -> ReferenceFastPath -> FastAPI's stack
+    Request order: RequestMetrics -> RateLimit -> BodyGuard -> ReferenceFastPath -> FastAPI's stack
     (error middleware, routing, dependencies). Outside, the cached reference reads
     skip five layers they do not need (docs/decisions/0004); an unhandled error still
     becomes FastAPI's 500 response inside, which RequestMetrics counts on its way out.
@@ -74,6 +75,8 @@ def create_app(services: Services) -> FastAPI:
     app.outer = [
         (ReferenceFastPath, {"services": services, "routes": fast_routes}),
         (BodyGuard, {"limit": services.settings.max_body_bytes}),
-        (RequestMetrics, {"metrics": services.metrics}),
     ]
+    if services.limiter is not None:
+        app.outer.append((RateLimit, {"services": services, "limiter": services.limiter}))
+    app.outer.append((RequestMetrics, {"metrics": services.metrics}))
     return app

@@ -40,9 +40,16 @@ async def authenticate(svc: Services, header: str | None) -> Principal:
     return found
 
 
+SCOPE_KEY = "tragwerk.principal"
+
+
 async def principal(request: Request) -> Principal:
+    # The rate limiter authenticated the request already when it could.
+    known: Principal | None = request.scope.get(SCOPE_KEY)
+    if known is not None:
+        return known
     found = await authenticate(await services(request), request.headers.get("authorization"))
-    request.state.principal = found
+    request.scope[SCOPE_KEY] = found
     return found
 
 

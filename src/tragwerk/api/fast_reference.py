@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tragwerk.api.auth import authenticate
+from tragwerk.api.auth import SCOPE_KEY, authenticate
 from tragwerk.api.services import Services
 from tragwerk.domain.directory import Permission
 from tragwerk.domain.errors import DomainError
@@ -45,7 +45,7 @@ class ReferenceFastPath:
                 header = value.decode("latin-1")
                 break
         try:
-            who = await authenticate(self.services, header)
+            who = scope.get(SCOPE_KEY) or await authenticate(self.services, header)
             if not who.can(Permission.REFERENCE_READ):
                 raise DomainError("forbidden")
             snapshot = await self.services.reads.reference(table)

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tragwerk.api.cached import CachedReads
 from tragwerk.cache.caches import Caches
 from tragwerk.monitoring.metrics import Metrics
+from tragwerk.ratelimit.limiter import RequestLimiter
 from tragwerk.settings import Settings
 from tragwerk.store.changes import ChangeFeed
 from tragwerk.store.queries.cases import CaseStore
@@ -29,6 +30,7 @@ class Services:
     caches: Caches
     reads: CachedReads
     feed: ChangeFeed | None
+    limiter: RequestLimiter | None = None
 
     async def start(self) -> None:
         """Start what runs beside the requests: the change feed that keeps caches true."""
@@ -39,6 +41,13 @@ class Services:
         if self.feed is not None:
             await self.feed.stop()
         await self.engine.dispose()
+
+    def rate_limit_state(self) -> str:
+        if self.limiter is None:
+            return "off"
+        if not self.limiter.shared:
+            return "ok (memory)"
+        return "ok (redis)" if self.limiter.store_healthy else "failing (falling back per tier)"
 
     def cache_state(self) -> str:
         if self.feed is None:

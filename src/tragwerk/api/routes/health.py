@@ -40,6 +40,7 @@ async def ready(svc: Svc) -> Response:
     # Reported, not failed on: without its feed the cache steps aside and every read
     # goes to the database, which is slower but still correct.
     checks["cache_feed"] = svc.cache_state()
+    checks["rate_limit"] = svc.rate_limit_state()
     ok = checks["database"] == "ok"
     return JSON(
         {"status": "ok" if ok else "failing", "checks": checks}, status_code=200 if ok else 503

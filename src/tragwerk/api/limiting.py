@@ -1,0 +1,135 @@
+"""Every request passes the limiter before any other work (component 4).
+
+The tier comes from the token (internal or external service, or a user) or, without
+a valid one, from the client address. Failed authentications are counted per
+address; past the limit, that address's tokens are not even looked up. Responses
+carry the RateLimit and RateLimit-Policy fields of draft-ietf-httpapi-ratelimit-
+headers; a refusal is a 429 problem with Retry-After.
+"""
+
+from __future__ import annotations
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tragwerk.api.auth import SCOPE_KEY, authenticate
+from tragwerk.api.services import Services
+from tragwerk.domain.errors import Unauthenticated
+from tragwerk.ratelimit.limiter import RequestLimiter, Verdict
+from tragwerk.ratelimit.policy import Tier, route_cost
+
+
+def _fields(verdict: Verdict) -> list[tuple[bytes, bytes]]:
+    policy = verdict.policy
+    return [
+        (b"ratelimit-policy", policy.header_policy.encode()),
+        (
+            b"ratelimit",
+            f'"{policy.tier.value}";r={verdict.remaining};t={verdict.reset_seconds}'.encode(),
+        ),
+    ]
+
+
+async def _refuse(
+    send: Send,
+    status: int,
+    code: str,
+    detail: str,
+    retry_after: int,
+    extra: list[tuple[bytes, bytes]],
+) -> None:
+    body = orjson.dumps(
+        {
+            "type": f"https://tragwerk.dev/problems/{code}",
+            "title": "Too Many Requests" if status == 429 else "Service Unavailable",
+            "status": status,
+            "detail": detail,
+        }
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(retry_after).encode()),
+                *extra,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class RateLimit:
+    def __init__(self, app: ASGIApp, services: Services, limiter: RequestLimiter) -> None:
+        self.app = app
+        self.services = services
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        cost = route_cost(scope["method"], scope["path"])
+        if cost == 0:  # health, metrics and docs are never limited
+            await self.app(scope, receive, send)
+            return
+        client = (scope.get("client") or ("unknown", 0))[0]
+        header = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                header = value.decode("latin-1")
+                break
+        tier, key = Tier.ANONYMOUS, client
+        if header is not None:
+            wait = await self.limiter.auth_blocked(client)
+            if wait:
+                await _refuse(
+                    send,
+                    429,
+                    "too-many-failed-authentications",
+                    "too many failed authentications from this address",
+                    wait,
+                    [],
+                )
+                return
+            try:
+                who = await authenticate(self.services, header)
+            except Unauthenticated:
+                await self.limiter.auth_failed(client)  # the route answers 401
+            else:
+                tier = Tier.INTERNAL if who.internal else Tier.EXTERNAL
+                key = f"token:{who.token_id}"
+                scope[SCOPE_KEY] = who  # the routes need not look the token up again
+        verdict = await self.limiter.check(tier, key, cost)
+        fields = _fields(verdict)
+        if not verdict.allowed:
+            if verdict.unavailable:
+                await _refuse(
+                    send,
+                    503,
+                    "rate-limit-unavailable",
+                    "the shared rate-limit store is unreachable and this tier fails closed",
+                    verdict.reset_seconds,
+                    fields,
+                )
+                return
+            limit = verdict.policy.limit
+            await _refuse(
+                send,
+                429,
+                "rate-limited",
+                f"the {verdict.policy.tier.value} limit of {limit.amount} per "
+                f"{verdict.policy.window_seconds} s is spent; this request costs {cost}",
+                verdict.reset_seconds,
+                fields,
+            )
+            return
+
+        async def send_with_fields(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *fields]
+            await send(message)
+
+        await self.app(scope, receive, send_with_fields)

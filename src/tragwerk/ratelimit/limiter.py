@@ -1,0 +1,92 @@
+"""The request limiter: tier policies over a budget, with a fallback when Redis fails."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from limits import RateLimitItem
+
+from tragwerk.domain.observability import ModuleReporter
+from tragwerk.ratelimit.budget import Budget, Decision, MemoryBudget
+from tragwerk.ratelimit.policy import FailMode, Tier, TierPolicy
+
+log = logging.getLogger(__name__)
+
+# After the shared store fails, use the fallback this long before trying it again.
+RETRY_SHARED_AFTER_SECONDS = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A decision with the policy it was made under (for the response headers)."""
+
+    allowed: bool
+    policy: TierPolicy
+    remaining: int
+    reset_seconds: int
+    unavailable: bool = False  # refused because the shared store is down (fail closed)
+
+
+@dataclass
+class RequestLimiter:
+    policies: Mapping[Tier, TierPolicy]
+    budget: Budget
+    reporter: ModuleReporter
+    auth_failures: RateLimitItem
+    shared: bool = False  # budget is the Redis one; failures fall back per tier
+    namespace: str = "tragwerk"  # deployments sharing one Redis keep apart by this
+    clock: Callable[[], float] = time.monotonic
+    _fallback: MemoryBudget = field(default_factory=MemoryBudget)
+    _shared_down_until: float = 0.0
+    store_healthy: bool = True
+
+    async def check(self, tier: Tier, key: str, cost: int) -> Verdict:
+        policy = self.policies[tier]
+        with self.reporter.operation("check"):
+            decision = await self._take(policy, f"{self.namespace}:{tier.value}:{key}", cost)
+        if decision is None:  # shared store down and the tier fails closed
+            self.reporter.count(f"unavailable:{tier.value}")
+            return Verdict(False, policy, 0, int(RETRY_SHARED_AFTER_SECONDS), unavailable=True)
+        self.reporter.count(f"{'allowed' if decision.allowed else 'limited'}:{tier.value}")
+        return Verdict(decision.allowed, policy, decision.remaining, decision.reset_seconds)
+
+    async def _take(self, policy: TierPolicy, key: str, cost: int) -> Decision | None:
+        if not self.shared or self.clock() >= self._shared_down_until:
+            try:
+                decision = await self.budget.take(policy.limit, key, cost)
+            except Exception as exc:
+                if not self.shared:
+                    raise
+                self._store_failed(exc)
+            else:
+                if not self.store_healthy:
+                    log.warning("rate-limit store reachable again")
+                    self.store_healthy = True
+                    self.reporter.set_healthy(True)
+                return decision
+        if policy.fail_mode is FailMode.OPEN:
+            return Decision(True, policy.limit.amount, policy.window_seconds)
+        if policy.fail_mode is FailMode.LOCAL:
+            return await self._fallback.take(policy.limit, key, cost)
+        return None
+
+    def _store_failed(self, exc: Exception) -> None:
+        self._shared_down_until = self.clock() + RETRY_SHARED_AFTER_SECONDS
+        self.reporter.count("store_failure")
+        if self.store_healthy:
+            log.error("rate-limit store unreachable, falling back per tier: %r", exc)
+            self.store_healthy = False
+            self.reporter.set_healthy(False)
+
+    async def auth_failed(self, client: str) -> None:
+        """Count a failed authentication from `client` (an IP)."""
+        await self._fallback.take(self.auth_failures, f"authfail:{client}", 1)
+        self.reporter.count("auth_failure")
+
+    async def auth_blocked(self, client: str) -> int:
+        """Seconds until `client` may try a token again; 0 when it may now."""
+        remaining, reset = await self._fallback.remaining(self.auth_failures, f"authfail:{client}")
+        return 0 if remaining > 0 else reset

@@ -1,0 +1,213 @@
+"""Rate limits through the HTTP API, on the memory and the Redis budget alike."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Api, make_api
+from tests.services import in_ci, require_service
+from tragwerk.settings import Settings
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+
+
+def _settings(url: str, backend: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": url,
+        "limit_external": "20/minute",
+        "limit_internal": "40/minute",
+        "limit_anonymous": "15/minute",
+        "limit_auth_failures": "1000/minute",
+    }
+    if backend == "redis":
+        require_service("Redis", REDIS_HOST, REDIS_PORT)
+        values["redis_url"] = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+        values["redis_namespace"] = f"test-{uuid.uuid4().hex}"  # test databases reuse ids
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def limited(request: pytest.FixtureRequest, database_url: str) -> AsyncIterator[Api]:
+    instance, app = await make_api(database_url, _settings(database_url, request.param))
+    async with app.router.lifespan_context(app):
+        yield instance
+    await instance.client.aclose()
+
+
+def _field(response: httpx.Response) -> dict[str, str]:
+    name, *params = response.headers["ratelimit"].split(";")
+    return {"name": name.strip('"'), **dict(p.split("=") for p in params)}
+
+
+# Set-up goes through the shared, generous `api`; only the measured requests go
+# through `limited`, an app on the same database with small limits.
+
+
+async def test_headers_count_down_and_the_limit_answers_429(api: Api, limited: Api) -> None:
+    token = await api.token_for((await api.user())["id"])
+    remaining = []
+    for _ in range(10):  # /v1/cases/{id} costs 2: ten of them spend the 20
+        r = await limited.get("/v1/cases/999999", token=token)
+        assert r.status_code == 404
+        assert r.headers["ratelimit-policy"] == '"external";q=20;w=60'
+        remaining.append(int(_field(r)["r"]))
+    assert remaining == sorted(remaining, reverse=True)
+    assert remaining[-1] == 0
+    r = await limited.get("/v1/cases/999999", token=token)
+    assert r.status_code == 429
+    assert r.headers["content-type"] == "application/problem+json"
+    assert int(r.headers["retry-after"]) >= 1
+    assert _field(r)["r"] == "0"
+    assert "external limit of 20" in r.json()["detail"]
+    # Health and metrics are never limited.
+    assert (await limited.client.get("/health/ready")).status_code == 200
+    assert (await limited.client.get("/metrics")).status_code == 200
+
+
+async def test_each_token_and_tier_has_its_own_budget(api: Api, limited: Api) -> None:
+    first = await api.token_for((await api.user())["id"])
+    second = await api.token_for((await api.user())["id"])
+    for _ in range(20):
+        await limited.get("/v1/locations", token=first)
+    assert (await limited.get("/v1/locations", token=first)).status_code == 429
+    assert (await limited.get("/v1/locations", token=second)).status_code == 200
+    roles = {r["name"]: r["id"] for r in (await api.get("/v1/roles")).json()}
+    client = await api.post(
+        "/v1/service-clients",
+        {"name": f"svc-{time.monotonic_ns()}", "role_id": roles["agent"], "internal": True},
+    )
+    svc_token = (
+        await api.post("/v1/tokens", {"name": "t", "service_client_id": client.json()["id"]})
+    ).json()["token"]
+    r = await limited.get("/v1/locations", token=svc_token)
+    assert r.headers["ratelimit-policy"] == '"internal";q=40;w=60'
+
+
+async def test_anonymous_traffic_is_limited_per_address(limited: Api) -> None:
+    transport = httpx.ASGITransport(
+        app=limited.client._transport.app,  # type: ignore[attr-defined]
+        client=(f"10.9.{time.monotonic_ns() % 250}.7", 1234),
+    )
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as stranger:
+        codes = [(await stranger.get("/v1/cases/1")).status_code for _ in range(8)]
+        assert codes[:7] == [401] * 7  # 2 each: 14 of 15
+        assert codes[7] == 429
+        r = await stranger.get("/v1/cases/1")
+        assert r.headers["ratelimit-policy"].startswith('"anonymous"')
+
+
+async def test_failed_authentications_are_throttled_per_address(database_url: str) -> None:
+    instance, app = await make_api(
+        database_url,
+        _settings(
+            database_url, "memory", limit_auth_failures="5/minute", limit_anonymous="1000/minute"
+        ),
+    )
+    async with app.router.lifespan_context(app):
+        codes = [
+            (
+                await instance.client.get(
+                    "/v1/cases", headers={"Authorization": f"Bearer tw_guess{i}"}
+                )
+            ).status_code
+            for i in range(7)
+        ]
+        assert codes[:5] == [401] * 5
+        assert codes[5:] == [429, 429]
+        r = await instance.get("/v1/cases")  # even a good token waits: none is looked up
+        assert r.status_code == 429
+        assert r.json()["type"].endswith("/too-many-failed-authentications")
+    await instance.client.aclose()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def own_redis() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """A Redis server of this test's own, so that stopping it disturbs nobody else."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if in_ci():
+            pytest.fail("redis-server is not installed (CI=true)")
+        pytest.skip("redis-server is not installed")
+    port = _free_port()
+    workdir = tempfile.mkdtemp()
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield port, proc
+    if proc.poll() is None:
+        proc.kill()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def test_redis_stopping_mid_way_falls_back_per_tier(
+    database_url: str, own_redis: tuple[int, subprocess.Popen[bytes]]
+) -> None:
+    port, proc = own_redis
+    settings = Settings(
+        database_url=database_url,
+        redis_url=f"redis://127.0.0.1:{port}/0",
+        limit_external="1000/minute",
+        fail_external="local",
+        limit_anonymous="1000/minute",
+        fail_anonymous="closed",
+        limit_auth_failures="1000/minute",
+    )
+    instance, app = await make_api(database_url, settings)
+    async with app.router.lifespan_context(app):
+        assert (await instance.get("/v1/locations")).status_code == 200
+        ready = (await instance.client.get("/health/ready")).json()
+        assert ready["checks"]["rate_limit"] == "ok (redis)"
+        proc.kill()
+        proc.wait()
+        await asyncio.sleep(0.1)
+        # External users go on, counted locally; never a 500.
+        codes = {(await instance.get("/v1/cases/999999999")).status_code for _ in range(60)}
+        assert codes == {404}
+        ready = (await instance.client.get("/health/ready")).json()
+        assert ready["status"] == "ok"
+        assert ready["checks"]["rate_limit"].startswith("failing")
+        # The anonymous tier was configured to fail closed: 503, not 500.
+        r = await instance.client.get("/v1/cases/1")
+        assert r.status_code == 503
+        assert r.json()["type"].endswith("/rate-limit-unavailable")
+        text = (await instance.client.get("/metrics")).text
+        assert 'tragwerk_module_up{module="ratelimit"} 0.0' in text
+    await instance.client.aclose()

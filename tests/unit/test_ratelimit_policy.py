@@ -1,0 +1,83 @@
+"""Rate-limit rules without I/O: costs, header fields, batched shared budgets."""
+
+from __future__ import annotations
+
+import pytest
+from limits.aio.storage import MemoryStorage
+
+from tragwerk.ratelimit.budget import SharedBudget
+from tragwerk.ratelimit.policy import FailMode, Tier, TierPolicy, parse_limit, route_cost
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "cost"),
+    [
+        ("GET", "/health/ready", 0),
+        ("GET", "/metrics", 0),
+        ("GET", "/v1/locations", 1),
+        ("GET", "/v1/countries/DE", 1),
+        ("GET", "/v1/cases/7", 2),
+        ("GET", "/v1/cases", 5),
+        ("GET", "/v1/cases/7/history", 5),
+        ("POST", "/v1/cases", 5),
+        ("PATCH", "/v1/cases/7", 5),
+    ],
+)
+def test_route_costs(method: str, path: str, cost: int) -> None:
+    assert route_cost(method, path) == cost
+
+
+def test_policy_header_field() -> None:
+    policy = TierPolicy(Tier.EXTERNAL, parse_limit("1200/minute"), FailMode.LOCAL)
+    assert policy.header_policy == '"external";q=1200;w=60'
+
+
+def test_unparseable_limit_is_named() -> None:
+    with pytest.raises(ValueError, match="often"):
+        parse_limit("often")
+
+
+class CountingStorage(MemoryStorage):
+    """The limits memory store, counting the calls a Redis store would get."""
+
+    calls = 0
+
+    async def acquire_sliding_window_entry(self, *args: object, **kw: object) -> bool:
+        CountingStorage.calls += 1
+        return await super().acquire_sliding_window_entry(*args, **kw)  # type: ignore[arg-type]
+
+
+async def test_shared_budget_reserves_in_batches() -> None:
+    storage = CountingStorage()
+    CountingStorage.calls = 0
+    budget = SharedBudget(storage, batch_share=0.02)
+    limit = parse_limit("1000/minute")
+    allowed = [(await budget.take(limit, "k", 1)).allowed for _ in range(200)]
+    assert all(allowed)
+    assert CountingStorage.calls == 10  # 200 requests, batches of 20
+
+
+async def test_two_instances_share_one_budget_within_their_batches() -> None:
+    storage = MemoryStorage()
+    one, two = SharedBudget(storage), SharedBudget(storage)
+    limit = parse_limit("500/minute")
+    granted = 0
+    for i in range(2000):
+        decision = await (one if i % 2 else two).take(limit, "client", 1)
+        granted += decision.allowed
+    # Never more than the limit; at most one unspent batch per instance less.
+    assert 500 - 2 * 10 <= granted <= 500
+
+
+async def test_a_refused_key_is_refused_locally_until_its_window_moves() -> None:
+    storage = CountingStorage()
+    budget = SharedBudget(storage)
+    limit = parse_limit("5/minute")
+    results = [(await budget.take(limit, "k", 1)).allowed for _ in range(5)]
+    assert all(results)
+    CountingStorage.calls = 0
+    for _ in range(100):
+        decision = await budget.take(limit, "k", 1)
+        assert not decision.allowed
+        assert decision.reset_seconds >= 1
+    assert CountingStorage.calls <= 2  # the first refusal asked the store; the rest did not
