@@ -10,6 +10,7 @@ from tragwerk.api.cached import CachedReads
 from tragwerk.api.services import Services
 from tragwerk.cache.caches import Caches
 from tragwerk.monitoring.metrics import Metrics
+from tragwerk.ratelimit.admission import Admission
 from tragwerk.ratelimit.budget import Budget, MemoryBudget, SharedBudget
 from tragwerk.ratelimit.limiter import RequestLimiter
 from tragwerk.ratelimit.policy import FailMode, Tier, TierPolicy, parse_limit
@@ -44,8 +45,12 @@ def build_services(
             reporter=metrics.module("change_feed"),
         )
     limiter = build_limiter(settings, metrics) if settings.rate_limit_enabled else None
+    admission = None
+    if settings.max_in_flight > 0:
+        admission = Admission(settings.max_in_flight, metrics.module("admission"))
     return Services(
         limiter=limiter,
+        admission=admission,
         settings=settings,
         engine=engine,
         metrics=metrics,

@@ -71,6 +71,8 @@ class Settings:
     fail_anonymous: str = "local"
     fail_external: str = "local"
     fail_internal: str = "open"
+    # Requests served at once per process before the rest queue by lane (0: no bound).
+    max_in_flight: int = 100
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -103,6 +105,7 @@ class Settings:
             fail_anonymous=(env.get("TRAGWERK_LIMIT_FAIL_ANONYMOUS") or "local").lower(),
             fail_external=(env.get("TRAGWERK_LIMIT_FAIL_EXTERNAL") or "local").lower(),
             fail_internal=(env.get("TRAGWERK_LIMIT_FAIL_INTERNAL") or "open").lower(),
+            max_in_flight=_int(env, "TRAGWERK_MAX_IN_FLIGHT", 100, minimum=0),
         )
         for name in ("limit_anonymous", "limit_external", "limit_internal", "limit_auth_failures"):
             try:

@@ -211,3 +211,38 @@ async def test_redis_stopping_mid_way_falls_back_per_tier(
         text = (await instance.client.get("/metrics")).text
         assert 'tragwerk_module_up{module="ratelimit"} 0.0' in text
     await instance.client.aclose()
+
+
+async def test_a_saturated_instance_serves_the_internal_lane_and_sheds_bulk(
+    api: Api, database_url: str
+) -> None:
+    roles = {r["name"]: r["id"] for r in (await api.get("/v1/roles")).json()}
+    client = await api.post(
+        "/v1/service-clients",
+        {"name": f"sla-{uuid.uuid4().hex[:8]}", "role_id": roles["agent"], "internal": True},
+    )
+    internal = (
+        await api.post("/v1/tokens", {"name": "t", "service_client_id": client.json()["id"]})
+    ).json()["token"]
+    settings = Settings(
+        database_url=database_url,
+        max_in_flight=2,
+        limit_external="1000000/minute",
+        limit_internal="1000000/minute",
+    )
+    instance, app = await make_api(database_url, settings)
+    async with app.router.lifespan_context(app):
+        bulk = [instance.get("/v1/cases", params={"limit": 50}) for _ in range(150)]
+        critical = [instance.get("/v1/cases/999999999", token=internal) for _ in range(30)]
+        responses = await asyncio.gather(*bulk, *critical)
+        bulk_codes = [r.status_code for r in responses[:150]]
+        critical_codes = [r.status_code for r in responses[150:]]
+        assert set(critical_codes) == {404}  # every internal request was served
+        assert 503 in bulk_codes  # bulk was shed...
+        assert 200 in bulk_codes  # ...but not all of it
+        shed = next(r for r in responses[:150] if r.status_code == 503)
+        assert shed.headers["retry-after"] == "1"
+        assert shed.json()["type"].endswith("/overloaded")
+        text = (await instance.client.get("/metrics")).text
+        assert 'tragwerk_module_events_total{event="shed:bulk",module="admission"}' in text
+    await instance.client.aclose()

@@ -76,7 +76,16 @@ def create_app(services: Services) -> FastAPI:
         (ReferenceFastPath, {"services": services, "routes": fast_routes}),
         (BodyGuard, {"limit": services.settings.max_body_bytes}),
     ]
-    if services.limiter is not None:
-        app.outer.append((RateLimit, {"services": services, "limiter": services.limiter}))
+    if services.limiter is not None or services.admission is not None:
+        app.outer.append(
+            (
+                RateLimit,
+                {
+                    "services": services,
+                    "limiter": services.limiter,
+                    "admission": services.admission,
+                },
+            )
+        )
     app.outer.append((RequestMetrics, {"metrics": services.metrics}))
     return app

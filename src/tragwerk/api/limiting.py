@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tragwerk.api.auth import SCOPE_KEY, authenticate
 from tragwerk.api.services import Services
 from tragwerk.domain.errors import Unauthenticated
+from tragwerk.ratelimit.admission import Admission, Lane
 from tragwerk.ratelimit.limiter import RequestLimiter, Verdict
 from tragwerk.ratelimit.policy import Tier, route_cost
 
@@ -61,11 +62,27 @@ async def _refuse(
     await send({"type": "http.response.body", "body": body})
 
 
+def lane_of(tier: Tier, method: str, cost: int) -> Lane:
+    """Internal services first, people next, lists and anonymous traffic last."""
+    if tier is Tier.INTERNAL:
+        return Lane.CRITICAL
+    if tier is Tier.ANONYMOUS or (method == "GET" and cost >= 5):
+        return Lane.BULK
+    return Lane.INTERACTIVE
+
+
 class RateLimit:
-    def __init__(self, app: ASGIApp, services: Services, limiter: RequestLimiter) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        services: Services,
+        limiter: RequestLimiter | None,
+        admission: Admission | None,
+    ) -> None:
         self.app = app
         self.services = services
         self.limiter = limiter
+        self.admission = admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -76,6 +93,9 @@ class RateLimit:
             await self.app(scope, receive, send)
             return
         client = (scope.get("client") or ("unknown", 0))[0]
+        if self.limiter is None:
+            await self._admit(scope, receive, send, Tier.EXTERNAL, cost, [])
+            return
         header = None
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -127,9 +147,37 @@ class RateLimit:
             )
             return
 
+        await self._admit(scope, receive, send, tier, cost, fields)
+
+    async def _admit(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        tier: Tier,
+        cost: int,
+        fields: list[tuple[bytes, bytes]],
+    ) -> None:
         async def send_with_fields(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.start" and fields:
                 message["headers"] = [*message.get("headers", ()), *fields]
             await send(message)
 
-        await self.app(scope, receive, send_with_fields)
+        if self.admission is None:
+            await self.app(scope, receive, send_with_fields)
+            return
+        lane = lane_of(tier, scope["method"], cost)
+        if not await self.admission.enter(lane):
+            await _refuse(
+                send,
+                503,
+                "overloaded",
+                f"the server is at capacity; {lane.name.lower()} requests are shed first",
+                1,
+                fields,
+            )
+            return
+        try:
+            await self.app(scope, receive, send_with_fields)
+        finally:
+            self.admission.leave()

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tragwerk.api.cached import CachedReads
 from tragwerk.cache.caches import Caches
 from tragwerk.monitoring.metrics import Metrics
+from tragwerk.ratelimit.admission import Admission
 from tragwerk.ratelimit.limiter import RequestLimiter
 from tragwerk.settings import Settings
 from tragwerk.store.changes import ChangeFeed
@@ -31,6 +32,7 @@ class Services:
     reads: CachedReads
     feed: ChangeFeed | None
     limiter: RequestLimiter | None = None
+    admission: Admission | None = None
 
     async def start(self) -> None:
         """Start what runs beside the requests: the change feed that keeps caches true."""
