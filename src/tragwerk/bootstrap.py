@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tragwerk.api.app import create_app
 from tragwerk.api.cached import CachedReads
+from tragwerk.api.limit_sync import LimitSync
 from tragwerk.api.services import Services
 from tragwerk.cache.caches import Caches
 from tragwerk.monitoring.metrics import Metrics
@@ -19,6 +22,7 @@ from tragwerk.store.changes import ChangeFeed
 from tragwerk.store.database import create_engine
 from tragwerk.store.queries.cases import CaseStore
 from tragwerk.store.queries.directory import DirectoryStore
+from tragwerk.store.queries.limits import LimitStore
 from tragwerk.store.queries.notifications import NotificationStore
 from tragwerk.store.queries.webhooks import WebhookStore
 
@@ -36,21 +40,35 @@ def build_services(
         metrics.module("principal_cache"),
         settings.cache_ttl_seconds,
     )
+    limiter = build_limiter(settings, metrics) if settings.rate_limit_enabled else None
+    limit_store = LimitStore(engine)
+    sync = LimitSync(limit_store, limiter)
     feed = None
-    if settings.cache_enabled:
+    if settings.cache_enabled or limiter is not None:
+
+        def on_change(table: str, ids: list[Any] | None) -> None:
+            caches.changed(table, ids)
+            if table == "rate_limit_tiers":
+                sync.reload_soon()
+
+        def on_state(connected: bool) -> None:
+            caches.set_enabled(connected and settings.cache_enabled)
+            if connected:
+                sync.reload_soon()  # changes made while disconnected were not announced
+
         feed = ChangeFeed(
             database_url,
-            on_change=caches.changed,
-            on_state=caches.set_enabled,
+            on_change=on_change,
+            on_state=on_state,
             reporter=metrics.module("change_feed"),
         )
-    limiter = build_limiter(settings, metrics) if settings.rate_limit_enabled else None
     admission = None
     if settings.max_in_flight > 0:
         admission = Admission(settings.max_in_flight, metrics.module("admission"))
     return Services(
         limiter=limiter,
         admission=admission,
+        limits=sync,
         settings=settings,
         engine=engine,
         metrics=metrics,

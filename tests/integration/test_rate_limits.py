@@ -246,3 +246,62 @@ async def test_a_saturated_instance_serves_the_internal_lane_and_sheds_bulk(
         text = (await instance.client.get("/metrics")).text
         assert 'tragwerk_module_events_total{event="shed:bulk",module="admission"}' in text
     await instance.client.aclose()
+
+
+async def test_limits_change_at_run_time_on_every_instance(api: Api, database_url: str) -> None:
+    """An admin lowers the anonymous limit on instance A; B applies it without a restart."""
+    other, other_app = await make_api(database_url)
+    async with other_app.router.lifespan_context(other_app):
+        r = await api.client.put(
+            "/v1/admin/limits/anonymous", json={"rate": "3/minute"}, headers=api.auth()
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["source"] == "override"
+        assert r.json()["rate"] == "3/minute"
+
+        async def limited_after(instance: Api, address: str) -> list[int]:
+            transport = httpx.ASGITransport(
+                app=instance.client._transport.app,  # type: ignore[attr-defined]
+                client=(address, 1),
+            )
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                return [(await c.get("/v1/locations")).status_code for _ in range(5)]
+
+        assert await limited_after(api, "10.1.1.1") == [401, 401, 401, 429, 429]
+        deadline = time.monotonic() + 5
+        while await limited_after(other, f"10.2.2.{int(time.monotonic() * 10) % 250}") != [
+            401,
+            401,
+            401,
+            429,
+            429,
+        ]:
+            assert time.monotonic() < deadline, "instance B did not apply the new limit"
+            await asyncio.sleep(0.05)
+
+        audit = (await api.get("/v1/admin/limits/audit")).json()
+        assert audit[0]["tier"] == "anonymous"
+        assert audit[0]["new_rate"] == "3/minute"
+        assert audit[0]["changed_by"] is not None
+
+        r = await api.client.delete("/v1/admin/limits/anonymous", headers=api.auth())
+        assert r.json()["source"] == "setting"
+        assert await limited_after(api, "10.3.3.3") == [401] * 5
+        assert (await api.get("/v1/admin/limits/audit")).json()[0]["new_rate"] is None
+    await other.client.aclose()
+
+
+async def test_limit_changes_are_validated_and_guarded(api: Api) -> None:
+    r = await api.client.put("/v1/admin/limits/external", json={"rate": "lots"}, headers=api.auth())
+    assert r.status_code == 422
+    r = await api.client.put(
+        "/v1/admin/limits/everyone", json={"rate": "1/minute"}, headers=api.auth()
+    )
+    assert r.status_code == 422
+    viewer = await api.token_for((await api.user(role="viewer"))["id"])
+    r = await api.client.put(
+        "/v1/admin/limits/external", json={"rate": "1/minute"}, headers=api.auth(viewer)
+    )
+    assert r.status_code == 403
+    tiers = {t["tier"]: t for t in (await api.get("/v1/admin/limits")).json()}
+    assert set(tiers) == {"anonymous", "external", "internal"}

@@ -8,7 +8,7 @@ string forms are accepted.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     AnyHttpUrl,
@@ -302,6 +302,33 @@ class Notification(BaseModel):
 class NotificationPage(BaseModel):
     items: list[Notification]
     next_cursor: str | None
+
+
+class LimitChange(Body):
+    rate: Annotated[StrictStr, Field(min_length=1, max_length=64, examples=["1200/minute"])]
+    fail_mode: Literal["open", "local", "closed"] | None = Field(
+        None, description="While Redis is unreachable; unchanged when left out"
+    )
+
+
+class TierLimit(BaseModel):
+    tier: str
+    rate: str
+    fail_mode: str
+    source: Literal["setting", "override"]
+    updated_at: datetime | None
+    updated_by: int | None
+
+
+class LimitAudit(BaseModel):
+    id: int
+    tier: str
+    old_rate: str | None
+    new_rate: str | None
+    old_fail_mode: str | None
+    new_fail_mode: str | None
+    changed_by: int | None
+    changed_at: datetime
 
 
 class Problem(BaseModel):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tragwerk.api.cached import CachedReads
+from tragwerk.api.limit_sync import LimitSync
 from tragwerk.cache.caches import Caches
 from tragwerk.monitoring.metrics import Metrics
 from tragwerk.ratelimit.admission import Admission
@@ -33,9 +34,12 @@ class Services:
     feed: ChangeFeed | None
     limiter: RequestLimiter | None = None
     admission: Admission | None = None
+    limits: LimitSync | None = None
 
     async def start(self) -> None:
         """Start what runs beside the requests: the change feed that keeps caches true."""
+        if self.limits is not None:
+            await self.limits.reload()
         if self.feed is not None:
             await self.feed.start()
 

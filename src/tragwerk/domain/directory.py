@@ -18,6 +18,7 @@ class Permission(StrEnum):
     WEBHOOKS_READ = "webhooks:read"
     WEBHOOKS_WRITE = "webhooks:write"
     NOTIFICATIONS_READ = "notifications:read"
+    LIMITS_WRITE = "limits:write"
 
 
 ALL_PERMISSIONS = frozenset(Permission)

@@ -11,7 +11,7 @@ from limits import RateLimitItem
 
 from tragwerk.domain.observability import ModuleReporter
 from tragwerk.ratelimit.budget import Budget, Decision, MemoryBudget
-from tragwerk.ratelimit.policy import FailMode, Tier, TierPolicy
+from tragwerk.ratelimit.policy import FailMode, Tier, TierPolicy, parse_limit
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,21 @@ class RequestLimiter:
     _fallback: MemoryBudget = field(default_factory=MemoryBudget)
     _shared_down_until: float = 0.0
     store_healthy: bool = True
+    defaults: Mapping[Tier, TierPolicy] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.defaults = dict(self.defaults or self.policies)
+
+    def apply_overrides(self, overrides: Mapping[Tier, tuple[str, str]]) -> None:
+        """Limits changed at run time: (rate, fail mode) per tier over the defaults."""
+        policies = dict(self.defaults)
+        for tier, (rate, fail_mode) in overrides.items():
+            try:
+                policies[tier] = TierPolicy(tier, parse_limit(rate), FailMode(fail_mode))
+            except ValueError:
+                log.error("ignoring unusable limit override %s=%r (%s)", tier, rate, fail_mode)
+        self.policies = policies  # one assignment: a request sees old or new, never a mix
+        self.reporter.count("policies_applied")
 
     async def check(self, tier: Tier, key: str, cost: int) -> Verdict:
         policy = self.policies[tier]

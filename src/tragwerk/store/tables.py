@@ -147,3 +147,26 @@ notifications = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("read_at", DateTime(timezone=True), nullable=True),
 )
+
+rate_limit_tiers = Table(
+    "rate_limit_tiers",
+    metadata,
+    Column("tier", Text, primary_key=True),
+    Column("rate", Text, nullable=False),
+    Column("fail_mode", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_by", BigInteger, ForeignKey("users.id"), nullable=True),
+)
+
+rate_limit_audit = Table(
+    "rate_limit_audit",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("tier", Text, nullable=False),
+    Column("old_rate", Text, nullable=True),
+    Column("new_rate", Text, nullable=True),
+    Column("old_fail_mode", Text, nullable=True),
+    Column("new_fail_mode", Text, nullable=True),
+    Column("changed_by", BigInteger, ForeignKey("users.id"), nullable=True),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+)
