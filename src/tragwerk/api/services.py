@@ -56,6 +56,6 @@ class Services:
         return "ok (redis)" if self.limiter.store_healthy else "failing (falling back per tier)"
 
     def cache_state(self) -> str:
-        if self.feed is None:
+        if self.feed is None or not self.settings.cache_enabled:
             return "off"
         return "ok" if self.feed.connected else "reconnecting (serving from the database)"
