@@ -225,6 +225,24 @@ def _serve(settings: Settings, url: str) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
+async def _schema_behind(url: str) -> str | None:
+    """Why the database's schema is not the one this code needs, or None."""
+    from alembic.script import ScriptDirectory
+
+    from tragwerk.store.database import create_engine
+    from tragwerk.store.migrate import alembic_config, current_revision
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    engine = create_engine(url, pool_size=1)
+    try:
+        current = await current_revision(engine)
+    finally:
+        await engine.dispose()
+    if current != head:
+        return f"the database schema is at revision {current or 'none'}, this code needs {head}"
+    return None
+
+
 def _up(settings: Settings) -> int:
     token_file = settings.data_dir / "admin.token"
 
@@ -264,6 +282,10 @@ def _api(settings: Settings, workers: int) -> int:
         return 2
     import uvicorn
 
+    behind = asyncio.run(_schema_behind(settings.database_url))
+    if behind:
+        print(f"tragwerk: {behind}; run 'tragwerk migrate' first", file=sys.stderr)
+        return 2
     if workers == 1:
         _serve(settings, settings.database_url)
         return 0

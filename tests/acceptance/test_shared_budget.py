@@ -50,10 +50,16 @@ def test_one_budget_across_two_instances(pair: tuple[list[str], str]) -> None:
     bases, admin = pair
     headers = {"Authorization": f"Bearer {admin}"}
     roles = {r["name"]: r["id"] for r in httpx.get(f"{bases[0]}/v1/roles", headers=headers).json()}
-    client = httpx.post(f"{bases[0]}/v1/service-clients", headers=headers,
-                        json={"name": "sync", "role_id": roles["agent"], "internal": True}).json()
-    token = httpx.post(f"{bases[0]}/v1/tokens", headers=headers,
-                       json={"name": "t", "service_client_id": client["id"]}).json()["token"]
+    client = httpx.post(
+        f"{bases[0]}/v1/service-clients",
+        headers=headers,
+        json={"name": "sync", "role_id": roles["agent"], "internal": True},
+    ).json()
+    token = httpx.post(
+        f"{bases[0]}/v1/tokens",
+        headers=headers,
+        json={"name": "t", "service_client_id": client["id"]},
+    ).json()["token"]
     theirs = {"Authorization": f"Bearer {token}"}
     allowed = 0
     remaining_seen = []

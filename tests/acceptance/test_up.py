@@ -176,3 +176,21 @@ def test_api_serves_a_shared_database_with_several_workers(tmp_path: Path) -> No
             _interrupt(proc, signal.SIGTERM)
     finally:
         asyncio.run(drop_database(SERVICE_PG_ADMIN_URL, url))
+
+
+def test_api_refuses_a_database_that_is_not_migrated(tmp_path: Path) -> None:
+    require_service("PostgreSQL", SERVICE_PG_HOST, SERVICE_PG_PORT)
+    import asyncio
+
+    from tests.conftest import SERVICE_PG_ADMIN_URL, create_database, drop_database
+
+    url = asyncio.run(create_database(SERVICE_PG_ADMIN_URL, prefix="tragwerk_bare"))
+    try:
+        proc = _start(
+            tmp_path, "api", "--port", str(_free_port()), env={"TRAGWERK_DATABASE_URL": url}
+        )
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 2
+        assert "run 'tragwerk migrate' first" in out
+    finally:
+        asyncio.run(drop_database(SERVICE_PG_ADMIN_URL, url))

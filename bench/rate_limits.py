@@ -1,0 +1,340 @@
+"""Benchmark: what rate limiting costs, how exact a shared budget is, and floods.
+
+    python -m bench.rate_limits
+
+1. Throughput of GET /v1/locations (cached) with the limiter off, on memory and on
+   Redis: one uvicorn process on core 0, wrk on core 1, 64 connections, requests
+   spread over 1,000 tokens (1,000 clients, each with its own 1,200/minute budget).
+2. Accuracy: two API processes sharing Redis; one client alternates between them
+   until refused; allowed requests against its limit.
+3. Flood: ten well-behaved clients (5 requests/s each) beside one client at 20x its
+   limit; the well-behaved clients' p99 without and with the flood.
+4. Saturation: bulk list traffic at 64 connections against max 8 in flight, and an
+   internal service at 20 requests/s: the share of internal requests served.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.list_cases import DEFAULT_URL, HERE, prepare, say
+
+PORT = 8300
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+def start(port: int, **env: str) -> subprocess.Popen[bytes]:
+    full = {**os.environ, "TRAGWERK_LOG_LEVEL": "warning", **env}
+    proc = subprocess.Popen(
+        [
+            "taskset",
+            "-c",
+            "0",
+            sys.executable,
+            "-m",
+            "bench.serve",
+            "tragwerk",
+            "--port",
+            str(port),
+        ],
+        env=full,
+        cwd=HERE.parent,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("server did not start")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+async def make_tokens(url: str, count: int, internal: bool = False) -> list[str]:
+    from tragwerk.domain.observability import SilentReporter
+    from tragwerk.store.database import create_engine
+    from tragwerk.store.queries.directory import DirectoryStore
+
+    engine = create_engine(url, pool_size=1)
+    try:
+        directory = DirectoryStore(engine, SilentReporter())
+        async with engine.begin() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            user_id = await raw.fetchval(
+                "SELECT id FROM users WHERE email LIKE '%@seed.tragwerk.test' ORDER BY id LIMIT 1"
+            )
+            owner: dict[str, Any] = {"user_id": user_id, "service_client_id": None}
+            if internal:
+                role = await raw.fetchval("SELECT id FROM roles WHERE name = 'agent'")
+                client_id = await raw.fetchval(
+                    "INSERT INTO service_clients (name, role_id, internal) VALUES ($1, $2, true) "
+                    "RETURNING id",
+                    f"bench-{uuid.uuid4().hex[:8]}",
+                    role,
+                )
+                owner = {"user_id": None, "service_client_id": client_id}
+            tokens = []
+            for _ in range(count):
+                token, _row = await directory.create_token(
+                    name="bench", expires_at=None, conn=conn, **owner
+                )
+                tokens.append(token)
+    finally:
+        await engine.dispose()
+    return tokens
+
+
+def wrk(port: int, tokens_file: Path, path: str, connections: int, seconds: int) -> dict[str, Any]:
+    cmd = [
+        "taskset",
+        "-c",
+        "1",
+        "wrk",
+        "-t1",
+        "-c",
+        str(connections),
+        "-d",
+        f"{seconds}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(HERE / "wrk_tokens.lua"),
+        f"http://127.0.0.1:{port}",
+    ]
+    env = {**os.environ, "TOKENS_FILE": str(tokens_file), "TARGET_PATH": path}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+def throughput(url: str, tokens_file: Path, seconds: int) -> list[dict[str, Any]]:
+    configs = [
+        ("limiter off", {"TRAGWERK_RATE_LIMIT": "off", "TRAGWERK_MAX_IN_FLIGHT": "0"}),
+        ("memory", {}),
+        (
+            "redis",
+            {"TRAGWERK_REDIS_URL": REDIS, "TRAGWERK_REDIS_NAMESPACE": f"bench-{uuid.uuid4().hex}"},
+        ),
+    ]
+    results = []
+    for label, env in configs:
+        proc = start(PORT, TRAGWERK_DATABASE_URL=url, **env)
+        try:
+            say(f"throughput | {label}")
+            wrk(PORT, tokens_file, "/v1/locations", 64, 3)
+            result = wrk(PORT, tokens_file, "/v1/locations", 64, seconds)
+        finally:
+            stop(proc)
+        result["config"] = label
+        results.append(result)
+    return results
+
+
+async def accuracy(url: str, limit: int) -> dict[str, Any]:
+    namespace = f"bench-{uuid.uuid4().hex}"
+    env = {
+        "TRAGWERK_DATABASE_URL": url,
+        "TRAGWERK_REDIS_URL": REDIS,
+        "TRAGWERK_REDIS_NAMESPACE": namespace,
+        "TRAGWERK_LIMIT_EXTERNAL": f"{limit}/minute",
+    }
+    procs = [start(PORT, **env), start(PORT + 1, **env)]
+    try:
+        (token,) = await make_tokens(url, 1)
+        allowed = 0
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as client:
+            for i in range(3 * limit):
+                r = await client.get(f"http://127.0.0.1:{PORT + i % 2}/v1/locations")
+                allowed += r.status_code == 200
+    finally:
+        for proc in procs:
+            stop(proc)
+    return {"limit": limit, "allowed": allowed, "ratio": allowed / limit}
+
+
+async def paced(
+    client: httpx.AsyncClient,
+    url: str,
+    token: str,
+    rate: float,
+    seconds: float,
+    latencies: list[float] | None,
+    codes: list[int],
+) -> None:
+    interval = 1.0 / rate
+    end = time.monotonic() + seconds
+    next_at = time.monotonic()
+    headers = {"Authorization": f"Bearer {token}"}
+    while time.monotonic() < end:
+        started = time.monotonic()
+        r = await client.get(url, headers=headers)
+        codes.append(r.status_code)
+        if latencies is not None:
+            latencies.append(time.monotonic() - started)
+        next_at += interval
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+async def flood(url: str, seconds: float) -> dict[str, Any]:
+    env = {"TRAGWERK_DATABASE_URL": url, "TRAGWERK_LIMIT_EXTERNAL": "600/minute"}
+    proc = start(PORT, **env)
+    try:
+        polite = await make_tokens(url, 10)
+        (flooder,) = await make_tokens(url, 1)
+        target = f"http://127.0.0.1:{PORT}/v1/cases/1"  # costs 2: 5/s = 600/minute
+        result: dict[str, Any] = {}
+        for label, with_flood in (("without flood", False), ("with flood", True)):
+            latencies: list[float] = []
+            codes: list[int] = []
+            flood_codes: list[int] = []
+            limits = httpx.Limits(max_connections=200)
+            async with httpx.AsyncClient(limits=limits, timeout=10) as client:
+                tasks = [paced(client, target, t, 2.5, seconds, latencies, codes) for t in polite]
+                if with_flood:  # 20x its 600/minute at cost 2: 100 requests/s
+                    tasks += [
+                        paced(client, target, flooder, 10, seconds, None, flood_codes)
+                        for _ in range(10)
+                    ]
+                await asyncio.gather(*tasks)
+            result[label] = {
+                "polite_p50_ms": statistics.median(latencies) * 1000,
+                "polite_p99_ms": p99(latencies) * 1000,
+                "polite_refused": sum(c == 429 for c in codes),
+                "flood_requests": len(flood_codes),
+                "flood_refused": sum(c == 429 for c in flood_codes),
+            }
+    finally:
+        stop(proc)
+    return result
+
+
+async def saturation(url: str, seconds: int, tokens_file: Path) -> dict[str, Any]:
+    env = {
+        "TRAGWERK_DATABASE_URL": url,
+        "TRAGWERK_MAX_IN_FLIGHT": "8",
+        "TRAGWERK_LIMIT_EXTERNAL": "10000000/minute",
+    }
+    proc = start(PORT, **env)
+    try:
+        (internal,) = await make_tokens(url, 1, internal=True)
+        codes: list[int] = []
+        latencies: list[float] = []
+        loop = asyncio.get_running_loop()
+        bulk = loop.run_in_executor(
+            None, wrk, PORT, tokens_file, "/v1/cases?status=open&limit=50", 64, seconds
+        )
+        await asyncio.sleep(1)
+        async with httpx.AsyncClient(timeout=15) as client:
+            await paced(
+                client,
+                f"http://127.0.0.1:{PORT}/v1/cases/1",
+                internal,
+                20,
+                seconds - 2,
+                latencies,
+                codes,
+            )
+        bulk_result = await bulk
+    finally:
+        stop(proc)
+    served = sum(c in (200, 404) for c in codes)
+    return {
+        "internal_requests": len(codes),
+        "internal_served": served,
+        "internal_share": served / len(codes),
+        "internal_p99_ms": p99(latencies) * 1000,
+        "bulk_rps": bulk_result["rps"],
+        "bulk_non_2xx": bulk_result["status_errors"],
+        "bulk_requests": bulk_result["requests"],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=int, default=10)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is missing: apt-get install wrk")
+    url = os.environ.get("TRAGWERK_BENCH_DATABASE_URL", DEFAULT_URL)
+    workdir = Path(tempfile.mkdtemp(prefix="tragwerk-bench-"))
+    try:
+        asyncio.run(prepare(url, 0))  # migrated and seeded like the listing benchmark
+        tokens_file = workdir / "tokens.txt"
+        tokens_file.write_text("\n".join(asyncio.run(make_tokens(url, 1000))) + "\n")
+        report: dict[str, Any] = {"throughput": throughput(url, tokens_file, args.duration)}
+        say("accuracy over two instances")
+        report["accuracy"] = asyncio.run(accuracy(url, 600))
+        say("flood")
+        report["flood"] = asyncio.run(flood(url, args.duration))
+        say("saturation")
+        report["saturation"] = asyncio.run(saturation(url, args.duration, tokens_file))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print_report(report)
+    out = HERE / "results" / "rate_limits.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    say(f"raw results in {out}")
+    return 0
+
+
+def print_report(report: dict[str, Any]) -> None:
+    base = report["throughput"][0]["rps"]
+    print("| limiter | req/s | p50 ms | p99 ms | vs off | non-2xx |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in report["throughput"]:
+        print(
+            f"| {r['config']} | {r['rps']:,.0f} | {r['p50_us'] / 1000:.1f} | "
+            f"{r['p99_us'] / 1000:.1f} | {r['rps'] / base:.0%} | {r['status_errors']} |"
+        )
+    a = report["accuracy"]
+    print(
+        f"\naccuracy: {a['allowed']} allowed of a {a['limit']}/minute limit "
+        f"across two instances ({a['ratio']:.1%})"
+    )
+    for label, f in report["flood"].items():
+        print(
+            f"flood, {label}: polite p50 {f['polite_p50_ms']:.1f} ms, "
+            f"p99 {f['polite_p99_ms']:.1f} ms, polite refused {f['polite_refused']}, "
+            f"flood {f['flood_requests']} sent / {f['flood_refused']} refused"
+        )
+    s = report["saturation"]
+    print(
+        f"saturation: internal {s['internal_served']}/{s['internal_requests']} served "
+        f"({s['internal_share']:.1%}), internal p99 {s['internal_p99_ms']:.1f} ms; "
+        f"bulk {s['bulk_rps']:,.0f} req/s, {s['bulk_non_2xx']} of {s['bulk_requests']} shed"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
