@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from limits.aio.storage import MemoryStorage, Storage
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tragwerk.api.app import create_app
@@ -14,7 +15,7 @@ from tragwerk.api.services import Services
 from tragwerk.cache.caches import Caches
 from tragwerk.monitoring.metrics import Metrics
 from tragwerk.ratelimit.admission import Admission
-from tragwerk.ratelimit.budget import Budget, MemoryBudget, SharedBudget
+from tragwerk.ratelimit.budget import SharedBudget
 from tragwerk.ratelimit.limiter import RequestLimiter
 from tragwerk.ratelimit.policy import FailMode, Tier, TierPolicy, parse_limit
 from tragwerk.settings import Settings
@@ -93,19 +94,20 @@ def build_limiter(settings: Settings, metrics: Metrics) -> RequestLimiter:
         tier: TierPolicy(tier, parse_limit(limit), FailMode(fail))
         for tier, (limit, fail) in limits.items()
     }
-    budget: Budget
+    # One code path for both: budgets reserved in batches from a `limits` storage,
+    # Redis (shared by all instances) or this process's memory (decisions/0005).
+    storage: Storage
     if settings.redis_url:
         from limits.aio.storage import RedisStorage
 
         storage = RedisStorage(
             "async+" + settings.redis_url, implementation="redispy", socket_timeout=0.5
         )
-        budget = SharedBudget(storage)
     else:
-        budget = MemoryBudget()
+        storage = MemoryStorage()
     return RequestLimiter(
         policies=policies,
-        budget=budget,
+        budget=SharedBudget(storage),
         reporter=metrics.module("ratelimit"),
         auth_failures=parse_limit(settings.limit_auth_failures),
         shared=settings.redis_url is not None,

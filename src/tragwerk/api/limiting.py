@@ -10,9 +10,10 @@ headers; a refusal is a 429 problem with Retry-After.
 from __future__ import annotations
 
 import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tragwerk.api.auth import SCOPE_KEY, authenticate
+from tragwerk.api.middleware import EXTRA_HEADERS
 from tragwerk.api.services import Services
 from tragwerk.domain.errors import Unauthenticated
 from tragwerk.ratelimit.admission import Admission, Lane
@@ -23,10 +24,10 @@ from tragwerk.ratelimit.policy import Tier, route_cost
 def _fields(verdict: Verdict) -> list[tuple[bytes, bytes]]:
     policy = verdict.policy
     return [
-        (b"ratelimit-policy", policy.header_policy.encode()),
+        (b"ratelimit-policy", policy.header_policy_bytes),
         (
             b"ratelimit",
-            f'"{policy.tier.value}";r={verdict.remaining};t={verdict.reset_seconds}'.encode(),
+            b"%s;r=%d;t=%d" % (policy.header_name, verdict.remaining, verdict.reset_seconds),
         ),
     ]
 
@@ -103,7 +104,7 @@ class RateLimit:
                 break
         tier, key = Tier.ANONYMOUS, client
         if header is not None:
-            wait = await self.limiter.auth_blocked(client)
+            wait = self.limiter.auth_blocked(client)
             if wait:
                 await _refuse(
                     send,
@@ -158,13 +159,10 @@ class RateLimit:
         cost: int,
         fields: list[tuple[bytes, bytes]],
     ) -> None:
-        async def send_with_fields(message: Message) -> None:
-            if message["type"] == "http.response.start" and fields:
-                message["headers"] = [*message.get("headers", ()), *fields]
-            await send(message)
-
+        if fields:
+            scope[EXTRA_HEADERS] = fields  # RequestMetrics adds them to the response
         if self.admission is None:
-            await self.app(scope, receive, send_with_fields)
+            await self.app(scope, receive, send)
             return
         lane = lane_of(tier, scope["method"], cost)
         if not await self.admission.enter(lane):
@@ -178,6 +176,6 @@ class RateLimit:
             )
             return
         try:
-            await self.app(scope, receive, send_with_fields)
+            await self.app(scope, receive, send)
         finally:
             self.admission.leave()

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tragwerk.monitoring.metrics import Metrics
 
 METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+EXTRA_HEADERS = "tragwerk.response_headers"
 
 
 async def _send_problem(send: Send, status: int, code: str, title: str, detail: str) -> None:
@@ -150,7 +151,14 @@ class RequestMetrics:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
+                # Inner layers leave their response fields here (the rate limiter's),
+                # so that one send wrapper serves them all.
+                extra = scope.get(EXTRA_HEADERS, ())
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    *extra,
+                    (b"x-request-id", request_id),
+                ]
             await send(message)
 
         self.metrics.http_in_flight.inc()

@@ -24,6 +24,9 @@ class Lane(IntEnum):
     BULK = 2  # lists, exports, anonymous traffic
 
 
+_ADMITTED = {lane: f"admitted:{lane.name.lower()}" for lane in Lane}
+
+
 @dataclass(frozen=True)
 class LaneLimits:
     queue: int  # waiters allowed in the lane
@@ -43,6 +46,7 @@ class Admission:
     reporter: ModuleReporter
     lanes: Mapping[Lane, LaneLimits] = field(default_factory=lambda: dict(DEFAULT_LANES))
     in_flight: int = 0
+    _queued: int = 0  # waiters in all lanes
     _waiting: dict[Lane, deque[asyncio.Future[None]]] = field(
         default_factory=lambda: {lane: deque() for lane in Lane}
     )
@@ -57,9 +61,9 @@ class Admission:
 
     async def enter(self, lane: Lane) -> bool:
         """Take a place (True), or be shed (False). Every True needs one `leave()`."""
-        if self.in_flight < self.max_in_flight and not any(self._waiting.values()):
+        if self.in_flight < self.max_in_flight and not self._queued:
             self.in_flight += 1
-            self.reporter.count(f"admitted:{lane.name.lower()}")
+            self.reporter.count(_ADMITTED[lane])
             return True
         limits = self.lanes[lane]
         queue = self._waiting[lane]
@@ -68,6 +72,7 @@ class Admission:
             return False
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         queue.append(waiter)
+        self._queued += 1
         try:
             with self.reporter.operation(f"queue_wait_{lane.name.lower()}"):
                 await asyncio.wait_for(asyncio.shield(waiter), limits.wait_seconds)
@@ -76,6 +81,7 @@ class Admission:
                 self.reporter.count(f"admitted:{lane.name.lower()}")
                 return True
             queue.remove(waiter)
+            self._queued -= 1
             waiter.cancel()
             self.reporter.count(f"shed:{lane.name.lower()}")
             return False
@@ -84,6 +90,7 @@ class Admission:
                 self.leave()  # the client went away after being handed a place
             else:
                 queue.remove(waiter)
+                self._queued -= 1
                 waiter.cancel()
             raise
         self.reporter.count(f"admitted:{lane.name.lower()}")
@@ -95,6 +102,7 @@ class Admission:
             queue = self._waiting[lane]
             while queue:
                 waiter = queue.popleft()
+                self._queued -= 1
                 if not waiter.done():
                     waiter.set_result(None)  # the place passes on; in_flight stays
                     return

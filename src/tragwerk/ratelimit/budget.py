@@ -71,13 +71,14 @@ class SharedBudget:
     batch_share: float = 0.02
     clock: Callable[[], float] = time.monotonic
     _limiter: SlidingWindowCounterRateLimiter = field(init=False)
-    _reserved: dict[str, _Reservation] = field(default_factory=dict)
+    _reserved: dict[tuple[int, str], _Reservation] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._limiter = SlidingWindowCounterRateLimiter(self.storage)
 
     async def take(self, limit: RateLimitItem, key: str, cost: int) -> Decision:
-        slot_key = f"{limit.key_for(key)}"
+        # Keyed by the limit object itself: a changed limit starts a fresh reservation.
+        slot_key = (id(limit), key)
         slot = self._reserved.get(slot_key)
         if slot is None:
             slot = self._reserved[slot_key] = _Reservation()

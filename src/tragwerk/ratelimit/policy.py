@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 
 from limits import RateLimitItem, parse
 
@@ -24,7 +25,7 @@ class FailMode(StrEnum):
 
 
 @dataclass(frozen=True)
-class TierPolicy:
+class TierPolicy:  # frozen, yet cached_property works: it writes __dict__ directly
     tier: Tier
     limit: RateLimitItem
     fail_mode: FailMode
@@ -37,6 +38,14 @@ class TierPolicy:
     def header_policy(self) -> str:
         """The RateLimit-Policy field value (draft-ietf-httpapi-ratelimit-headers)."""
         return f'"{self.tier.value}";q={self.limit.amount};w={self.window_seconds}'
+
+    @cached_property
+    def header_policy_bytes(self) -> bytes:
+        return self.header_policy.encode()
+
+    @cached_property
+    def header_name(self) -> bytes:
+        return f'"{self.tier.value}"'.encode()
 
 
 DEFAULT_LIMITS: Mapping[Tier, str] = {
