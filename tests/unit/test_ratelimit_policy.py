@@ -81,3 +81,15 @@ async def test_a_refused_key_is_refused_locally_until_its_window_moves() -> None
         assert not decision.allowed
         assert decision.reset_seconds >= 1
     assert CountingStorage.calls <= 2  # the first refusal asked the store; the rest did not
+
+
+async def test_reservations_of_quiet_clients_are_forgotten() -> None:
+    now = [0.0]
+    budget = SharedBudget(MemoryStorage(), clock=lambda: now[0], idle_seconds=60)
+    limit = parse_limit("100/minute")
+    for i in range(5000):
+        now[0] = i * 0.1  # 5,000 one-off clients over 500 s
+        await budget.take(limit, f"client-{i}", 1)
+    keys = {key for _limit, key in budget._reserved}
+    assert "client-0" not in keys  # quiet for 500 s: forgotten at the 4,096th take
+    assert len(keys) < 2000  # bounded by the sweep interval, not by clients ever seen

@@ -51,6 +51,7 @@ class MemoryBudget:
 
 @dataclass
 class _Reservation:
+    last_used: float = 0.0
     tokens: int = 0  # reserved in Redis, not yet spent here
     remaining: int = 0  # what Redis said was left after the last reservation
     blocked_until: float = 0.0
@@ -72,6 +73,8 @@ class SharedBudget:
     clock: Callable[[], float] = time.monotonic
     _limiter: SlidingWindowCounterRateLimiter = field(init=False)
     _reserved: dict[tuple[int, str], _Reservation] = field(default_factory=dict)
+    idle_seconds: float = 300.0  # reservations unused this long are forgotten
+    _takes: int = 0
 
     def __post_init__(self) -> None:
         self._limiter = SlidingWindowCounterRateLimiter(self.storage)
@@ -83,6 +86,10 @@ class SharedBudget:
         if slot is None:
             slot = self._reserved[slot_key] = _Reservation()
         now = self.clock()
+        slot.last_used = now
+        self._takes += 1
+        if self._takes % 4096 == 0:
+            self._forget_idle(now)
         if slot.tokens >= cost:
             slot.tokens -= cost
             return Decision(True, slot.remaining + slot.tokens, slot.reset_seconds)
@@ -105,3 +112,9 @@ class SharedBudget:
         slot.blocked_until = now + wait
         slot.reset_seconds = wait
         return Decision(False, 0, wait)
+
+    def _forget_idle(self, now: float) -> None:
+        """Drop reservations of clients gone quiet, so that many addresses do not pile up."""
+        idle = [k for k, slot in self._reserved.items() if now - slot.last_used > self.idle_seconds]
+        for key in idle:
+            del self._reserved[key]
