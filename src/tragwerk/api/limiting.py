@@ -165,7 +165,7 @@ class RateLimit:
             await self.app(scope, receive, send)
             return
         lane = lane_of(tier, scope["method"], cost)
-        if not await self.admission.enter(lane):
+        if not self.admission.try_enter(lane) and not await self.admission.enter(lane):
             await _refuse(
                 send,
                 503,

@@ -59,11 +59,17 @@ class Admission:
     def _waiting_reader(self, lane: Lane) -> Callable[[], float]:
         return lambda: float(len(self._waiting[lane]))
 
-    async def enter(self, lane: Lane) -> bool:
-        """Take a place (True), or be shed (False). Every True needs one `leave()`."""
+    def try_enter(self, lane: Lane) -> bool:
+        """Take a free place without waiting, if there is one (no coroutine on the hot path)."""
         if self.in_flight < self.max_in_flight and not self._queued:
             self.in_flight += 1
             self.reporter.count(_ADMITTED[lane])
+            return True
+        return False
+
+    async def enter(self, lane: Lane) -> bool:
+        """Take a place (True), or be shed (False). Every True needs one `leave()`."""
+        if self.try_enter(lane):
             return True
         limits = self.lanes[lane]
         queue = self._waiting[lane]
