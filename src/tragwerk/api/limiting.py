@@ -123,7 +123,9 @@ class RateLimit:
                 tier = Tier.INTERNAL if who.internal else Tier.EXTERNAL
                 key = f"token:{who.token_id}"
                 scope[SCOPE_KEY] = who  # the routes need not look the token up again
-        verdict = await self.limiter.check(tier, key, cost)
+        verdict = self.limiter.check_local(tier, key, cost) or await self.limiter.check(
+            tier, key, cost
+        )
         fields = _fields(verdict)
         if not verdict.allowed:
             if verdict.unavailable:

@@ -28,6 +28,8 @@ class Decision:
 
 
 class Budget(Protocol):
+    def take_local(self, limit: RateLimitItem, key: str, cost: int) -> Decision | None: ...
+
     async def take(self, limit: RateLimitItem, key: str, cost: int) -> Decision: ...
 
 
@@ -36,6 +38,9 @@ class MemoryBudget:
 
     def __init__(self, storage: Storage | None = None) -> None:
         self._limiter = SlidingWindowCounterRateLimiter(storage or MemoryStorage())
+
+    def take_local(self, limit: RateLimitItem, key: str, cost: int) -> Decision | None:
+        return None  # every decision asks the store
 
     async def remaining(self, limit: RateLimitItem, key: str) -> tuple[int, int]:
         """(remaining, seconds until reset) without spending anything."""
@@ -79,7 +84,7 @@ class SharedBudget:
     def __post_init__(self) -> None:
         self._limiter = SlidingWindowCounterRateLimiter(self.storage)
 
-    async def take(self, limit: RateLimitItem, key: str, cost: int) -> Decision:
+    def _slot(self, limit: RateLimitItem, key: str) -> _Reservation:
         # Keyed by the limit object itself: a changed limit starts a fresh reservation.
         slot_key = (id(limit), key)
         slot = self._reserved.get(slot_key)
@@ -90,11 +95,29 @@ class SharedBudget:
         self._takes += 1
         if self._takes % 4096 == 0:
             self._forget_idle(now)
+        return slot
+
+    def take_local(self, limit: RateLimitItem, key: str, cost: int) -> Decision | None:
+        """Decide from this instance's reservation alone, or None if the store must be asked.
+
+        Synchronous on purpose: most requests end here, and a coroutine per call
+        would cost more than the decision.
+        """
+        slot = self._slot(limit, key)
         if slot.tokens >= cost:
             slot.tokens -= cost
             return Decision(True, slot.remaining + slot.tokens, slot.reset_seconds)
+        now = slot.last_used
         if now < slot.blocked_until:
             return Decision(False, 0, max(1, math.ceil(slot.blocked_until - now)))
+        return None
+
+    async def take(self, limit: RateLimitItem, key: str, cost: int) -> Decision:
+        decided = self.take_local(limit, key, cost)
+        if decided is not None:
+            return decided
+        slot = self._reserved[(id(limit), key)]
+        now = slot.last_used
         batch = max(cost, int(limit.amount * self.batch_share))
         granted = 0
         if await self._limiter.hit(limit, key, cost=batch):

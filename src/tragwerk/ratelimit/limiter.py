@@ -17,8 +17,6 @@ log = logging.getLogger(__name__)
 
 # After the shared store fails, use the fallback this long before trying it again.
 RETRY_SHARED_AFTER_SECONDS = 2.0
-# One check in this many is timed for the latency histogram.
-LATENCY_SAMPLE = 16
 
 
 _ALLOWED = {tier: f"allowed:{tier.value}" for tier in Tier}
@@ -49,7 +47,6 @@ class RequestLimiter:
     _shared_down_until: float = 0.0
     store_healthy: bool = True
     defaults: Mapping[Tier, TierPolicy] = field(default_factory=dict)
-    _checks: int = 0
     _blocked: dict[str, float] = field(default_factory=dict)  # address -> blocked until
 
     def __post_init__(self) -> None:
@@ -66,14 +63,24 @@ class RequestLimiter:
         self.policies = policies  # one assignment: a request sees old or new, never a mix
         self.reporter.count("policies_applied")
 
+    def check_local(self, tier: Tier, key: str, cost: int) -> Verdict | None:
+        """The verdict from this instance's reservation, or None: then `await check()`."""
+        if self.clock() < self._shared_down_until:
+            return None  # the fallback decides, in check()
+        policy = self.policies[tier]
+        decision = self.budget.take_local(
+            policy.limit, f"{self.namespace}:{tier.value}:{key}", cost
+        )
+        if decision is None:
+            return None
+        self.reporter.count(_ALLOWED[tier] if decision.allowed else _LIMITED[tier])
+        return Verdict(decision.allowed, policy, decision.remaining, decision.reset_seconds)
+
     async def check(self, tier: Tier, key: str, cost: int) -> Verdict:
         policy = self.policies[tier]
-        self._checks += 1
-        if self._checks % LATENCY_SAMPLE:
+        # Timed: this is the path that may wait for the store (check_local is not).
+        with self.reporter.operation("check"):
             decision = await self._take(policy, f"{self.namespace}:{tier.value}:{key}", cost)
-        else:  # timing every check would cost more than most checks themselves
-            with self.reporter.operation("check"):
-                decision = await self._take(policy, f"{self.namespace}:{tier.value}:{key}", cost)
         if decision is None:  # shared store down and the tier fails closed
             self.reporter.count(f"unavailable:{tier.value}")
             return Verdict(False, policy, 0, int(RETRY_SHARED_AFTER_SECONDS), unavailable=True)
