@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
-from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.storage import Storage
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tragwerk.api.app import create_app
@@ -17,6 +17,7 @@ from tragwerk.monitoring.metrics import Metrics
 from tragwerk.ratelimit.admission import Admission
 from tragwerk.ratelimit.budget import SharedBudget
 from tragwerk.ratelimit.limiter import RequestLimiter
+from tragwerk.ratelimit.local_windows import LocalWindows
 from tragwerk.ratelimit.policy import FailMode, Tier, TierPolicy, parse_limit
 from tragwerk.settings import Settings
 from tragwerk.store.changes import ChangeFeed
@@ -96,7 +97,7 @@ def build_limiter(settings: Settings, metrics: Metrics) -> RequestLimiter:
     }
     # One code path for both: budgets reserved in batches from a `limits` storage,
     # Redis (shared by all instances) or this process's memory (decisions/0005).
-    storage: Storage
+    storage: Storage | LocalWindows
     if settings.redis_url:
         from limits.aio.storage import RedisStorage
 
@@ -104,7 +105,7 @@ def build_limiter(settings: Settings, metrics: Metrics) -> RequestLimiter:
             "async+" + settings.redis_url, implementation="redispy", socket_timeout=0.5
         )
     else:
-        storage = MemoryStorage()
+        storage = LocalWindows()
     return RequestLimiter(
         policies=policies,
         budget=SharedBudget(storage),

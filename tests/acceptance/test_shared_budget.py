@@ -72,4 +72,7 @@ def test_one_budget_across_two_instances(pair: tuple[list[str], str]) -> None:
                 remaining_seen.append(int(r.headers["ratelimit"].split("r=")[1].split(";")[0]))
     # One shared budget: the limit, less at most one unspent batch per instance (±10 %).
     assert LIMIT * 0.9 <= allowed <= LIMIT
-    assert min(remaining_seen) <= 2
+    # The header counts down; it is read exactly from Redis now and then and estimated
+    # in between, so near the end it may be a little optimistic (decisions/0005).
+    assert remaining_seen[0] > remaining_seen[-1]
+    assert min(remaining_seen) <= LIMIT * 0.15
