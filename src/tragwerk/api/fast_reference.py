@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tragwerk.api.auth import SCOPE_KEY, authenticate
+from tragwerk.api.middleware import header
 from tragwerk.api.services import Services
 from tragwerk.domain.directory import Permission
 from tragwerk.domain.errors import DomainError
@@ -39,13 +40,10 @@ class ReferenceFastPath:
         if table is None or scope["method"] != "GET" or scope["query_string"]:
             await self.app(scope, receive, send)
             return
-        header = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                header = value.decode("latin-1")
-                break
+        raw = header(scope, b"authorization")
+        authorization = raw.decode("latin-1") if raw is not None else None
         try:
-            who = scope.get(SCOPE_KEY) or await authenticate(self.services, header)
+            who = scope.get(SCOPE_KEY) or await authenticate(self.services, authorization)
             if not who.can(Permission.REFERENCE_READ):
                 raise DomainError("forbidden")
             snapshot = await self.services.reads.reference(table)

@@ -9,11 +9,10 @@ headers; a refusal is a 429 problem with Retry-After.
 
 from __future__ import annotations
 
-import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tragwerk.api.auth import SCOPE_KEY, authenticate
-from tragwerk.api.middleware import EXTRA_HEADERS
+from tragwerk.api.middleware import EXTRA_HEADERS, header, send_problem
 from tragwerk.api.services import Services
 from tragwerk.domain.errors import Unauthenticated
 from tragwerk.ratelimit.admission import Admission, Lane
@@ -40,27 +39,9 @@ async def _refuse(
     retry_after: int,
     extra: list[tuple[bytes, bytes]],
 ) -> None:
-    body = orjson.dumps(
-        {
-            "type": f"https://tragwerk.dev/problems/{code}",
-            "title": "Too Many Requests" if status == 429 else "Service Unavailable",
-            "status": status,
-            "detail": detail,
-        }
-    )
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/problem+json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", str(retry_after).encode()),
-                *extra,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    title = "Too Many Requests" if status == 429 else "Service Unavailable"
+    headers = [(b"retry-after", str(retry_after).encode()), *extra]
+    await send_problem(send, status, code, title, detail, headers)
 
 
 def lane_of(tier: Tier, method: str, cost: int) -> Lane:
@@ -97,13 +78,10 @@ class RateLimit:
         if self.limiter is None:
             await self._admit(scope, receive, send, Tier.EXTERNAL, cost, [])
             return
-        header = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                header = value.decode("latin-1")
-                break
+        raw = header(scope, b"authorization")
+        authorization = raw.decode("latin-1") if raw is not None else None
         tier, key = Tier.ANONYMOUS, client
-        if header is not None:
+        if authorization is not None:
             wait = self.limiter.auth_blocked(client)
             if wait:
                 await _refuse(
@@ -116,7 +94,7 @@ class RateLimit:
                 )
                 return
             try:
-                who = await authenticate(self.services, header)
+                who = await authenticate(self.services, authorization)
             except Unauthenticated:
                 await self.limiter.auth_failed(client)  # the route answers 401
             else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -14,10 +15,28 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tragwerk.monitoring.metrics import Metrics
 
 METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of a request header (names as ASGI gives them: lower case)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
 EXTRA_HEADERS = "tragwerk.response_headers"
 
 
-async def _send_problem(send: Send, status: int, code: str, title: str, detail: str) -> None:
+async def send_problem(
+    send: Send,
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    headers: Sequence[tuple[bytes, bytes]] = ((b"connection", b"close"),),
+) -> None:
+    """A problem response sent straight from an ASGI layer, before any route runs."""
     body = orjson.dumps(
         {
             "type": f"https://tragwerk.dev/problems/{code}",
@@ -33,7 +52,7 @@ async def _send_problem(send: Send, status: int, code: str, title: str, detail: 
             "headers": [
                 (b"content-type", b"application/problem+json"),
                 (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
+                *headers,
             ],
         }
     )
@@ -41,7 +60,7 @@ async def _send_problem(send: Send, status: int, code: str, title: str, detail: 
 
 
 async def _send_413(send: Send, limit: int) -> None:
-    await _send_problem(
+    await send_problem(
         send,
         413,
         "body-too-large",
@@ -99,7 +118,7 @@ class BodyGuard:
                 break
         body = b"".join(chunks)
         if body and not _is_json(content_type):
-            await _send_problem(
+            await send_problem(
                 send,
                 415,
                 "unsupported-media-type",
@@ -137,12 +156,10 @@ class RequestMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                request_id = value[:64]
-                break
-        if request_id is None:
+        request_id = header(scope, b"x-request-id")
+        if request_id is not None:
+            request_id = request_id[:64]
+        else:
             request_id = f"{self._prefix}{next(self._counter):012x}".encode()
         status = 500
         start = time.perf_counter()
