@@ -20,10 +20,8 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -32,46 +30,16 @@ from typing import Any
 
 import httpx
 
+from bench import servers
 from bench.list_cases import DEFAULT_URL, HERE, prepare, say
+from bench.servers import stop
 
 PORT = 8300
 REDIS = "redis://127.0.0.1:6379/0"
 
 
 def start(port: int, **env: str) -> subprocess.Popen[bytes]:
-    full = {**os.environ, "TRAGWERK_LOG_LEVEL": "warning", **env}
-    proc = subprocess.Popen(
-        [
-            "taskset",
-            "-c",
-            "0",
-            sys.executable,
-            "-m",
-            "bench.serve",
-            "tragwerk",
-            "--port",
-            str(port),
-        ],
-        env=full,
-        cwd=HERE.parent,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("server did not start")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    return servers.start(["bench.serve", "tragwerk"], port, env)
 
 
 async def make_tokens(url: str, count: int, internal: bool = False) -> list[str]:

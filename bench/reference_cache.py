@@ -18,10 +18,8 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +29,9 @@ import asyncpg
 import httpx
 from sqlalchemy.engine import make_url
 
+from bench import servers
 from bench.list_cases import DEFAULT_URL, HERE, prepare, run_wrk, say
+from bench.servers import stop
 
 LOCATIONS_WANTED = 300
 
@@ -54,41 +54,18 @@ async def ensure_locations(url: str) -> None:
 
 
 def start(contender: str, url: str, port: int, cache: str = "on") -> subprocess.Popen[bytes]:
+    # Rate limiting stays on (it is part of the stack), with a limit the load never reaches.
     env = {
-        **os.environ,
         "TRAGWERK_DATABASE_URL": url,
-        "TRAGWERK_LOG_LEVEL": "warning",
         "TRAGWERK_CACHE": cache,
+        "TRAGWERK_LIMIT_EXTERNAL": "100000000/minute",
     }
-    cmd = [
-        "taskset",
-        "-c",
-        "0",
-        sys.executable,
-        "-m",
-        "bench.serve",
-        contender,
-        "--port",
-        str(port),
-    ]
-    proc = subprocess.Popen(cmd, env=env, cwd=HERE.parent)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/v1/countries", timeout=1)
-            return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit(f"{contender} did not start")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    return servers.start(
+        ["bench.serve", contender],
+        port,
+        env,
+        ready_path="/v1/countries" if contender != "tragwerk" else "/health/ready",
+    )
 
 
 async def auth_cost(url: str, token: str, n: int = 20_000) -> dict[str, float]:

@@ -1,0 +1,47 @@
+"""Starting and stopping the benchmark's server processes, the same way for every script."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).parent.parent
+
+
+def start(
+    module_args: list[str],
+    port: int,
+    env: dict[str, str],
+    *,
+    pin: bool = True,
+    ready_path: str = "/health/ready",
+) -> subprocess.Popen[bytes]:
+    """Run `python -m <module_args> --port P` (on core 0 when pinned) until it answers."""
+    cmd = [sys.executable, "-m", *module_args, "--port", str(port)]
+    if pin:
+        cmd = ["taskset", "-c", "0", *cmd]
+    full_env = {**os.environ, "TRAGWERK_LOG_LEVEL": "warning", **env}
+    proc = subprocess.Popen(cmd, env=full_env, cwd=ROOT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=1).raise_for_status()
+            return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"{' '.join(module_args)} did not start on port {port}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
