@@ -99,7 +99,7 @@ class RateLimit:
                 await self.limiter.auth_failed(client)  # the route answers 401
             else:
                 tier = Tier.INTERNAL if who.internal else Tier.EXTERNAL
-                key = f"token:{who.token_id}"
+                key = str(who.token_id)  # the tier already says it is a token
                 scope[SCOPE_KEY] = who  # the routes need not look the token up again
         verdict = self.limiter.check_local(tier, key, cost) or await self.limiter.check(
             tier, key, cost
