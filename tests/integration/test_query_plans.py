@@ -112,6 +112,42 @@ async def test_list_shape_uses_an_index(
     assert "OFFSET" not in list_query(flt, sort, after, 50)[0]
 
 
+@pytest.mark.parametrize(("name", "flt", "sort"), SHAPES, ids=[s[0] for s in SHAPES])
+async def test_generic_plans_use_an_index_too(
+    seeded: Any, name: str, flt: CaseFilter, sort: str
+) -> None:
+    """Prepared statements may switch to a generic plan after five runs: check that one too."""
+    after = await _middle_cursor(seeded, sort)
+    sql, args = list_query(flt, sort, after, 50)
+    async with seeded.connect() as conn:
+        raw = (await conn.get_raw_connection()).driver_connection
+        # EXECUTE takes literals; PostgreSQL coerces each to the prepared parameter's type.
+        texts = [
+            "{" + ",".join(a) + "}"
+            if isinstance(a, list)
+            else a.isoformat()
+            if hasattr(a, "isoformat")
+            else str(a)
+            for a in args
+        ]
+        literals = [await raw.fetchval("SELECT quote_literal($1::text)", t) for t in texts]
+        await raw.execute(f"PREPARE shape AS {sql}")
+        try:
+            await raw.execute("SET plan_cache_mode = force_generic_plan")
+            result = await raw.fetchval(
+                f"EXPLAIN (FORMAT JSON) EXECUTE shape({', '.join(literals)})"
+            )
+        finally:
+            await raw.execute("RESET plan_cache_mode")
+            await raw.execute("DEALLOCATE shape")
+    decoded = json.loads(result) if isinstance(result, str) else result
+    plan: dict[str, Any] = decoded[0]["Plan"]
+    assert "$1" in json.dumps(plan), "not a generic plan: the conditions name values"
+    kinds = {n["Node Type"] for n in _nodes(plan) if n.get("Relation Name") == "cases"}
+    assert kinds, f"{name}: the plan does not read cases at all"
+    assert "Seq Scan" not in kinds, f"{name}: generic plan scans cases\n{json.dumps(plan)}"
+
+
 async def test_seed_restores_every_index(seeded: Any) -> None:
     async with seeded.connect() as conn:
         raw = (await conn.get_raw_connection()).driver_connection
