@@ -165,27 +165,7 @@ def check_same_answers(port: int, token: str, files: dict[str, Path]) -> None:
 def run_wrk(
     port: int, token: str, paths: Path, connections: int, seconds: int, pin: bool
 ) -> dict[str, Any]:
-    cmd = [
-        "wrk",
-        "-t",
-        "1" if pin else "2",
-        "-c",
-        str(connections),
-        "-d",
-        f"{seconds}s",
-        "--timeout",
-        "10s",
-        "-s",
-        str(HERE / "wrk_report.lua"),
-        f"http://127.0.0.1:{port}",
-    ]
-    if pin:
-        cmd = ["taskset", "-c", "1", *cmd]
-    env = {**os.environ, "PATHS_FILE": str(paths), "TOKEN": token, "SEED": "7"}
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
-    return result
+    return servers.wrk(port, connections, seconds, pin=pin, PATHS_FILE=str(paths), TOKEN=token)
 
 
 def main() -> int:

@@ -77,27 +77,7 @@ async def make_tokens(url: str, count: int, internal: bool = False) -> list[str]
 
 
 def wrk(port: int, tokens_file: Path, path: str, connections: int, seconds: int) -> dict[str, Any]:
-    cmd = [
-        "taskset",
-        "-c",
-        "1",
-        "wrk",
-        "-t1",
-        "-c",
-        str(connections),
-        "-d",
-        f"{seconds}s",
-        "--timeout",
-        "10s",
-        "-s",
-        str(HERE / "wrk_tokens.lua"),
-        f"http://127.0.0.1:{port}",
-    ]
-    env = {**os.environ, "TOKENS_FILE": str(tokens_file), "TARGET_PATH": path}
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
-    return result
+    return servers.wrk(port, connections, seconds, TOKENS_FILE=str(tokens_file), TARGET_PATH=path)
 
 
 def throughput(url: str, tokens_file: Path, seconds: int) -> list[dict[str, Any]]:

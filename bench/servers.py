@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -45,3 +47,33 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def wrk(
+    port: int, connections: int, seconds: int, *, pin: bool = True, **lua_env: str
+) -> dict[str, Any]:
+    """Run wrk with bench/wrk_report.lua (on core 1 when pinned) and return its figures.
+
+    `lua_env`: PATHS_FILE or TARGET_PATH, and TOKENS_FILE or TOKEN (see the script).
+    """
+    cmd = [
+        "wrk",
+        "-t",
+        "1" if pin else "2",
+        "-c",
+        str(connections),
+        "-d",
+        f"{seconds}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(ROOT / "bench" / "wrk_report.lua"),
+        f"http://127.0.0.1:{port}",
+    ]
+    if pin:
+        cmd = ["taskset", "-c", "1", *cmd]
+    env = {**os.environ, **lua_env}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result

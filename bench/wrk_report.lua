@@ -1,14 +1,22 @@
--- wrk script: request a random path from PATHS_FILE with a bearer token, then print
--- one JSON line with throughput, latency percentiles (microseconds) and error counts.
-local paths = {}
-for line in io.lines(os.getenv("PATHS_FILE")) do
-  paths[#paths + 1] = line
+-- wrk script for every tragwerk benchmark. Each request picks at random a path from
+-- PATHS_FILE (or takes TARGET_PATH) and a bearer token from TOKENS_FILE (or takes
+-- TOKEN); at the end it prints one JSON line with throughput, latency percentiles
+-- (microseconds) and error counts.
+local function lines(name)
+  local found = {}
+  for line in io.lines(name) do
+    found[#found + 1] = line
+  end
+  return found
 end
-wrk.headers["Authorization"] = "Bearer " .. os.getenv("TOKEN")
-math.randomseed(tonumber(os.getenv("SEED") or "1"))
+
+local paths = os.getenv("PATHS_FILE") and lines(os.getenv("PATHS_FILE")) or { os.getenv("TARGET_PATH") }
+local tokens = os.getenv("TOKENS_FILE") and lines(os.getenv("TOKENS_FILE")) or { os.getenv("TOKEN") }
+math.randomseed(tonumber(os.getenv("SEED") or "7"))
 
 request = function()
-  return wrk.format("GET", paths[math.random(#paths)])
+  return wrk.format("GET", paths[math.random(#paths)],
+    { ["Authorization"] = "Bearer " .. tokens[math.random(#tokens)] })
 end
 
 done = function(summary, latency, requests)

@@ -60,9 +60,14 @@ def _asyncpg_args(url: str) -> dict[str, Any]:
     }
 
 
+async def connect_raw(url: str) -> asyncpg.Connection:
+    """A plain asyncpg connection outside tragwerk, like a psql session."""
+    return await asyncpg.connect(**_asyncpg_args(url))
+
+
 async def create_database(admin_url: str, prefix: str = "tragwerk_t") -> str:
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(**_asyncpg_args(admin_url))
+    conn = await connect_raw(admin_url)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
@@ -72,7 +77,7 @@ async def create_database(admin_url: str, prefix: str = "tragwerk_t") -> str:
 
 async def drop_database(admin_url: str, url: str) -> None:
     name = make_url(url).database
-    conn = await asyncpg.connect(**_asyncpg_args(admin_url))
+    conn = await connect_raw(admin_url)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:

@@ -32,3 +32,10 @@ def require_service(name: str, host: str, port: int) -> None:
     if in_ci():
         pytest.fail(f"{message} (CI=true: the service must be up)")
     pytest.skip(f"{message}; start it to run this test")
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

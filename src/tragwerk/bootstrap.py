@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
-from limits.aio.storage import Storage
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tragwerk.api.app import create_app
@@ -15,7 +14,7 @@ from tragwerk.api.services import Services
 from tragwerk.cache.caches import Caches
 from tragwerk.monitoring.metrics import Metrics
 from tragwerk.ratelimit.admission import Admission
-from tragwerk.ratelimit.budget import SharedBudget
+from tragwerk.ratelimit.budget import SharedBudget, WindowLimiter
 from tragwerk.ratelimit.limiter import RequestLimiter
 from tragwerk.ratelimit.local_windows import LocalWindows
 from tragwerk.ratelimit.policy import FailMode, Tier, TierPolicy, parse_limit
@@ -95,20 +94,22 @@ def build_limiter(settings: Settings, metrics: Metrics) -> RequestLimiter:
         tier: TierPolicy(tier, parse_limit(limit), FailMode(fail))
         for tier, (limit, fail) in limits.items()
     }
-    # One code path for both: budgets reserved in batches from a `limits` storage,
-    # Redis (shared by all instances) or this process's memory (decisions/0005).
-    storage: Storage | LocalWindows
+    # One code path for both: budgets reserved in batches from sliding windows in
+    # Redis (shared by all instances) or in this process's memory (decisions/0005).
+    windows: WindowLimiter
     if settings.redis_url:
         from limits.aio.storage import RedisStorage
+        from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
         storage = RedisStorage(
             "async+" + settings.redis_url, implementation="redispy", socket_timeout=0.5
         )
+        windows = SlidingWindowCounterRateLimiter(storage)  # type: ignore[assignment]
     else:
-        storage = LocalWindows()
+        windows = LocalWindows()
     return RequestLimiter(
         policies=policies,
-        budget=SharedBudget(storage),
+        budget=SharedBudget(windows),
         reporter=metrics.module("ratelimit"),
         auth_failures=parse_limit(settings.limit_auth_failures),
         shared=settings.redis_url is not None,

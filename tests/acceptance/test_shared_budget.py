@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.acceptance.test_up import _free_port, _interrupt, _start, _wait_ready
+from tests.acceptance.test_up import _interrupt, _start, _wait_ready
 from tests.conftest import SERVICE_PG_ADMIN_URL, create_database, drop_database
-from tests.services import SERVICE_PG_HOST, SERVICE_PG_PORT, require_service
+from tests.services import SERVICE_PG_HOST, SERVICE_PG_PORT, free_port, require_service
 
 LIMIT = 60
 
@@ -32,7 +32,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[str], 
     }
     procs = []
     try:
-        ports = [_free_port(), _free_port()]
+        ports = [free_port(), free_port()]
         procs.append(_start(tmp, "up", "--port", str(ports[0]), env=env))
         _wait_ready(procs[0], ports[0])
         procs.append(_start(tmp, "api", "--port", str(ports[1]), env=env))

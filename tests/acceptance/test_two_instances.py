@@ -10,10 +10,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.acceptance.test_up import _free_port, _interrupt, _start, _wait_ready
-from tests.conftest import SERVICE_PG_ADMIN_URL, create_database, drop_database
-from tests.integration.test_cache import _raw
-from tests.services import SERVICE_PG_HOST, SERVICE_PG_PORT, require_service
+from tests.acceptance.test_up import _interrupt, _start, _wait_ready
+from tests.conftest import SERVICE_PG_ADMIN_URL, connect_raw, create_database, drop_database
+from tests.services import SERVICE_PG_HOST, SERVICE_PG_PORT, free_port, require_service
 
 BOUND_SECONDS = 1.0
 
@@ -27,11 +26,11 @@ def instances(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, l
     env = {"TRAGWERK_DATABASE_URL": url, "TRAGWERK_DATA_DIR": str(tmp / "var")}
     procs = []
     try:
-        first_port = _free_port()
+        first_port = free_port()
         first = _start(tmp, "up", "--port", str(first_port), env=env)  # migrates, makes the admin
         procs.append(first)
         _wait_ready(first, first_port)
-        second_port = _free_port()
+        second_port = free_port()
         second = _start(tmp, "api", "--port", str(second_port), env=env)
         procs.append(second)
         _wait_ready(second, second_port)
@@ -56,7 +55,7 @@ def test_raw_sql_change_reaches_both_instances(instances: tuple[str, list[str], 
         assert httpx.get(f"{base}/v1/locations/{loc}", headers=headers).json()["name"] == "Before"
 
     async def update() -> float:
-        conn = await _raw(url)
+        conn = await connect_raw(url)
         try:
             await conn.execute("UPDATE locations SET name = 'After' WHERE id = $1", loc)
         finally:

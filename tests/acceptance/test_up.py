@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -14,15 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.services import SERVICE_PG_HOST, SERVICE_PG_PORT, require_service
+from tests.services import SERVICE_PG_HOST, SERVICE_PG_PORT, free_port, require_service
 
 STARTUP_SECONDS = 60
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _start(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -75,7 +68,7 @@ def _postgres_running(pgdata: Path) -> bool:
 
 def test_up_starts_everything_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     os.chmod(tmp_path, 0o755)  # as root, the embedded server runs as its own user
-    port = _free_port()
+    port = free_port()
     proc = _start(tmp_path, "up", "--port", str(port), "--data-dir", "data")
     try:
         _wait_ready(proc, port)
@@ -121,7 +114,7 @@ def test_up_with_a_database_url_starts_no_embedded_server(tmp_path: Path) -> Non
     from tests.conftest import SERVICE_PG_ADMIN_URL, create_database, drop_database
 
     url = asyncio.run(create_database(SERVICE_PG_ADMIN_URL, prefix="tragwerk_up"))
-    port = _free_port()
+    port = free_port()
     try:
         proc = _start(tmp_path, "up", "--port", str(port), env={"TRAGWERK_DATABASE_URL": url})
         try:
@@ -161,7 +154,7 @@ def test_api_serves_a_shared_database_with_several_workers(tmp_path: Path) -> No
 
     url = asyncio.run(create_database(SERVICE_PG_ADMIN_URL, prefix="tragwerk_api"))
     env = {"TRAGWERK_DATABASE_URL": url}
-    port = _free_port()
+    port = free_port()
     try:
         migrate = _start(tmp_path, "migrate", env=env)
         out, _ = migrate.communicate(timeout=60)
@@ -187,7 +180,7 @@ def test_api_refuses_a_database_that_is_not_migrated(tmp_path: Path) -> None:
     url = asyncio.run(create_database(SERVICE_PG_ADMIN_URL, prefix="tragwerk_bare"))
     try:
         proc = _start(
-            tmp_path, "api", "--port", str(_free_port()), env={"TRAGWERK_DATABASE_URL": url}
+            tmp_path, "api", "--port", str(free_port()), env={"TRAGWERK_DATABASE_URL": url}
         )
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 2

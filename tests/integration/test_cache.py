@@ -8,24 +8,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
-from sqlalchemy.engine import make_url
 
-from tests.conftest import Api, make_api
+from tests.conftest import Api, connect_raw, make_api
 from tragwerk.settings import Settings
 from tragwerk.store.changes import APPLICATION_NAME
 from tragwerk.store.database import QueryCounter
 
 CONVERGE_SECONDS = 1.0
-
-
-async def _raw(url: str) -> asyncpg.Connection:
-    parsed = make_url(url)
-    return await asyncpg.connect(
-        user=parsed.username,
-        host=parsed.query.get("host") or parsed.host,
-        port=parsed.port,
-        database=parsed.database,
-    )
 
 
 async def _until(check: Callable[[], Awaitable[bool]], seconds: float = CONVERGE_SECONDS) -> float:
@@ -42,7 +31,7 @@ async def _until(check: Callable[[], Awaitable[bool]], seconds: float = CONVERGE
 @pytest.fixture
 async def sql(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     """A psql-like session of its own, outside tragwerk."""
-    conn = await _raw(database_url)
+    conn = await connect_raw(database_url)
     yield conn
     await conn.close()
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import Api, make_api
-from tests.services import in_ci, require_service
+from tests.services import free_port, in_ci, require_service
 from tragwerk.settings import Settings
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -132,12 +132,6 @@ async def test_failed_authentications_are_throttled_per_address(database_url: st
     await instance.client.aclose()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def own_redis() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     """A Redis server of this test's own, so that stopping it disturbs nobody else."""
@@ -146,7 +140,7 @@ def own_redis() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
         if in_ci():
             pytest.fail("redis-server is not installed (CI=true)")
         pytest.skip("redis-server is not installed")
-    port = _free_port()
+    port = free_port()
     workdir = tempfile.mkdtemp()
     proc = subprocess.Popen(
         [

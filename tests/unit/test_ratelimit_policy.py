@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from tragwerk.ratelimit.budget import SharedBudget
+from tragwerk.ratelimit.local_windows import LocalWindows
 from tragwerk.ratelimit.policy import FailMode, Tier, TierPolicy, parse_limit, route_cost
 
 
@@ -50,7 +52,7 @@ class CountingStorage(MemoryStorage):
 async def test_shared_budget_reserves_in_batches() -> None:
     storage = CountingStorage()
     CountingStorage.calls = 0
-    budget = SharedBudget(storage, batch_share=0.02)
+    budget = SharedBudget(SlidingWindowCounterRateLimiter(storage), batch_share=0.02)
     limit = parse_limit("1000/minute")
     allowed = [(await budget.take(limit, "k", 1)).allowed for _ in range(200)]
     assert all(allowed)
@@ -59,7 +61,8 @@ async def test_shared_budget_reserves_in_batches() -> None:
 
 async def test_two_instances_share_one_budget_within_their_batches() -> None:
     storage = MemoryStorage()
-    one, two = SharedBudget(storage), SharedBudget(storage)
+    windows = SlidingWindowCounterRateLimiter(storage)
+    one, two = SharedBudget(windows), SharedBudget(windows)
     limit = parse_limit("500/minute")
     granted = 0
     for i in range(2000):
@@ -71,7 +74,7 @@ async def test_two_instances_share_one_budget_within_their_batches() -> None:
 
 async def test_a_refused_key_is_refused_locally_until_its_window_moves() -> None:
     storage = CountingStorage()
-    budget = SharedBudget(storage)
+    budget = SharedBudget(SlidingWindowCounterRateLimiter(storage))
     limit = parse_limit("5/minute")
     results = [(await budget.take(limit, "k", 1)).allowed for _ in range(5)]
     assert all(results)
@@ -85,7 +88,7 @@ async def test_a_refused_key_is_refused_locally_until_its_window_moves() -> None
 
 async def test_reservations_of_quiet_clients_are_forgotten() -> None:
     now = [0.0]
-    budget = SharedBudget(MemoryStorage(), clock=lambda: now[0], idle_seconds=60)
+    budget = SharedBudget(LocalWindows(), clock=lambda: now[0], idle_seconds=60)
     limit = parse_limit("100/minute")
     for i in range(5000):
         now[0] = i * 0.1  # 5,000 one-off clients over 500 s

@@ -1,10 +1,11 @@
-"""Budgets: the memory one and the Redis-shared one, behind one interface.
+"""Budgets behind one interface: `take(limit, key, cost)` spends `cost` from the budget
+of `key` under `limit` and returns a Decision with what is left.
 
-`take(limit, key, cost)` spends `cost` from the budget of `key` under `limit` and
-returns a Decision with what is left. The memory budget asks the `limits` library on
-every call (a few microseconds). The shared budget reserves a batch of the Redis
-budget per key and spends it locally, so only one request in a batch waits for a
-Redis round trip; a refused key is refused locally until its window moves on.
+`SharedBudget` serves every request: it reserves a batch from its windows (Redis,
+shared by all instances, or this process's memory) and spends it locally, so only
+one request in a batch waits for the store; a refused key is refused locally until
+its window moves on. `MemoryBudget` counts exactly, one window operation per call:
+for failed authentications and as the fallback while Redis is unreachable.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from limits import RateLimitItem
-from limits.aio.storage import Storage
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.util import WindowStats
 
 from tragwerk.ratelimit.local_windows import LocalWindows
@@ -44,11 +43,6 @@ class MemoryBudget:
 
     def take_local(self, limit: RateLimitItem, key: str, cost: int) -> Decision | None:
         return None  # every decision asks the store
-
-    async def remaining(self, limit: RateLimitItem, key: str) -> tuple[int, int]:
-        """(remaining, seconds until reset) without spending anything."""
-        stats = await self._limiter.get_window_stats(limit, key)
-        return stats.remaining, max(1, math.ceil(stats.reset_time - time.time()))
 
     async def take(self, limit: RateLimitItem, key: str, cost: int) -> Decision:
         allowed = await self._limiter.hit(limit, key, cost=cost)
@@ -85,19 +79,12 @@ class SharedBudget:
     within 4 % (measured in docs/performance.md).
     """
 
-    storage: Storage | WindowLimiter
+    windows: WindowLimiter  # limits' SlidingWindowCounterRateLimiter over Redis, or LocalWindows
     batch_share: float = 0.02
     clock: Callable[[], float] = time.monotonic
-    _limiter: WindowLimiter = field(init=False)
     _reserved: dict[tuple[int, str], _Reservation] = field(default_factory=dict)
     idle_seconds: float = 300.0  # reservations unused this long are forgotten
     _takes: int = 0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.storage, Storage):
-            self._limiter = SlidingWindowCounterRateLimiter(self.storage)  # type: ignore[assignment]
-        else:
-            self._limiter = self.storage
 
     def _slot(self, limit: RateLimitItem, key: str) -> _Reservation:
         # Keyed by the limit object itself: a changed limit starts a fresh reservation.
@@ -135,9 +122,9 @@ class SharedBudget:
         now = slot.last_used
         batch = max(cost, int(limit.amount * self.batch_share))
         granted = 0
-        if await self._limiter.hit(limit, key, cost=batch):
+        if await self.windows.hit(limit, key, cost=batch):
             granted = batch
-        elif batch > cost and await self._limiter.hit(limit, key, cost=cost):
+        elif batch > cost and await self.windows.hit(limit, key, cost=cost):
             granted = cost  # the last few of the window
         if granted:
             slot.tokens += granted - cost
@@ -146,13 +133,13 @@ class SharedBudget:
                 # What is left in the store, asked now and then: every other time it is
                 # estimated from our own spending (other instances' is not seen until
                 # the next ask), which saves a round trip per batch.
-                stats = await self._limiter.get_window_stats(limit, key)
+                stats = await self.windows.get_window_stats(limit, key)
                 slot.remaining = stats.remaining
                 slot.reset_seconds = max(1, math.ceil(stats.reset_time - time.time()))
             else:
                 slot.remaining = max(0, slot.remaining - granted)
             return Decision(True, slot.remaining + slot.tokens, slot.reset_seconds)
-        stats = await self._limiter.get_window_stats(limit, key)
+        stats = await self.windows.get_window_stats(limit, key)
         wait = max(1, math.ceil(stats.reset_time - time.time()))
         slot.blocked_until = now + wait
         slot.reset_seconds = wait
