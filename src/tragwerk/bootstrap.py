@@ -23,6 +23,7 @@ from tragwerk.store.changes import ChangeFeed
 from tragwerk.store.database import create_engine
 from tragwerk.store.queries.cases import CaseStore
 from tragwerk.store.queries.directory import DirectoryStore
+from tragwerk.store.queries.jobs import JobStore
 from tragwerk.store.queries.limits import LimitStore
 from tragwerk.store.queries.notifications import NotificationStore
 from tragwerk.store.queries.webhooks import WebhookStore
@@ -77,6 +78,7 @@ def build_services(
         directory=directory,
         webhooks=WebhookStore(engine),
         notifications=NotificationStore(engine),
+        jobs=JobStore(engine),
         caches=caches,
         reads=CachedReads(caches, directory),
         feed=feed,
@@ -117,8 +119,16 @@ def build_limiter(settings: Settings, metrics: Metrics) -> RequestLimiter:
     )
 
 
-def build_app(settings: Settings, database_url: str) -> FastAPI:
-    return create_app(build_services(settings, database_url))
+def build_app(settings: Settings, database_url: str, *, with_worker: bool = False) -> FastAPI:
+    """The API; with_worker also runs a job worker in this process (the embedded profile)."""
+    services = build_services(settings, database_url)
+    if with_worker:
+        from tragwerk.jobs.worker import Worker
+
+        services.background["worker"] = Worker(
+            settings, database_url, services.engine, services.metrics
+        )
+    return create_app(services)
 
 
 def app_from_env() -> FastAPI:

@@ -1,4 +1,4 @@
-"""`tragwerk` commands: up, api, migrate, seed. See docs/commands.md."""
+"""`tragwerk` commands: up, api, worker, jobs, migrate, seed. See docs/commands.md."""
 
 from __future__ import annotations
 
@@ -34,6 +34,23 @@ def _parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int)
     api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
 
+    worker = sub.add_parser(
+        "worker", help="run jobs (emails, notifications, webhooks, SLA monitor) from the queue"
+    )
+    worker.add_argument(
+        "--concurrency", type=int, help="jobs run at once (default TRAGWERK_WORKER_CONCURRENCY, 50)"
+    )
+
+    jobs = sub.add_parser("jobs", help="held jobs: list them, queue them again")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    held = jobs_sub.add_parser("held", help="list held jobs with their last error")
+    held.add_argument("--limit", type=int, default=100)
+    held.add_argument("--data-dir", type=Path, help="embedded database directory (./var)")
+    requeue = jobs_sub.add_parser("requeue", help="queue held jobs again (attempts reset)")
+    requeue.add_argument("ids", nargs="*", type=int, help="job ids (see 'tragwerk jobs held')")
+    requeue.add_argument("--all", action="store_true", help="every held job")
+    requeue.add_argument("--data-dir", type=Path, help="embedded database directory (./var)")
+
     migrate = sub.add_parser("migrate", help="bring the database schema up to date")
     migrate.add_argument("--data-dir", type=Path, help="embedded database directory (./var)")
 
@@ -45,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one return per command
     args = _parser().parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -67,6 +84,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _up(settings)
     if command == "api":
         return _api(settings, args.workers)
+    if command == "worker":
+        return _worker(settings, args.concurrency or settings.worker_concurrency)
+    if command == "jobs":
+        if args.jobs_command == "held":
+            return _with_database(settings, lambda url: _jobs_held(url, args.limit))
+        if bool(args.ids) == bool(args.all):
+            print("tragwerk: give job ids or --all", file=sys.stderr)
+            return 2
+        ids = None if args.all else args.ids
+        return _with_database(settings, lambda url: _jobs_requeue(url, ids))
     if command == "migrate":
         return _with_database(settings, _migrate)
     if command == "seed":
@@ -195,7 +222,7 @@ def _raise_stop(_signum: int, _frame: object) -> None:
     raise _Stop
 
 
-def _serve(settings: Settings, url: str) -> None:
+def _serve(settings: Settings, url: str, *, with_worker: bool = False) -> None:
     """Serve until Ctrl-C or SIGTERM; return normally either way so cleanup runs.
 
     uvicorn shuts down gracefully on either signal, restores the previous handlers and
@@ -208,13 +235,13 @@ def _serve(settings: Settings, url: str) -> None:
     from tragwerk.bootstrap import build_app
 
     config = uvicorn.Config(
-        build_app(settings, url),
+        build_app(settings, url, with_worker=with_worker),
         host=settings.host,
         port=settings.port,
         log_config=None,  # our JSON logging stays in charge
         access_log=False,  # per-request lines cost CPU; /metrics counts requests instead
         server_header=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=max(10, int(settings.worker_grace_seconds) + 5),
     )
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
@@ -262,7 +289,7 @@ def _up(settings: Settings) -> int:
             f"(API docs at /docs); Ctrl-C stops",
             file=sys.stderr,
         )
-        _serve(settings, url)
+        _serve(settings, url, with_worker=True)
         print("tragwerk: stopped", file=sys.stderr)
         return 0
 
@@ -301,6 +328,72 @@ def _api(settings: Settings, workers: int) -> int:
         access_log=False,
         server_header=False,
     )
+    return 0
+
+
+def _worker(settings: Settings, concurrency: int) -> int:
+    if settings.database_url is None:
+        print(
+            "tragwerk: 'worker' serves a shared database; set TRAGWERK_DATABASE_URL "
+            "('tragwerk up' runs a worker inside its own process)",
+            file=sys.stderr,
+        )
+        return 2
+    if concurrency < 2:
+        print("tragwerk: --concurrency must be at least 2", file=sys.stderr)
+        return 2
+    behind = asyncio.run(_schema_behind(settings.database_url))
+    if behind:
+        print(f"tragwerk: {behind}; run 'tragwerk migrate' first", file=sys.stderr)
+        return 2
+    from tragwerk.jobs.process import serve_worker
+
+    return asyncio.run(serve_worker(settings, settings.database_url, concurrency))
+
+
+def _jobs_held(url: str, limit: int) -> int:
+    from tragwerk.store.database import create_engine
+    from tragwerk.store.queries.jobs import JobStore
+
+    async def go() -> list[dict[str, object]]:
+        engine = create_engine(url, pool_size=1)
+        try:
+            return await JobStore(engine).held(0, limit)
+        finally:
+            await engine.dispose()
+
+    rows = asyncio.run(go())
+    if not rows:
+        print("tragwerk: no held jobs", file=sys.stderr)
+        return 0
+    print(f"{'id':>10}  {'kind':<11} {'attempts':>8}  {'held since':<19}  last error")
+    for row in rows:
+        since = row["updated"].strftime("%Y-%m-%d %H:%M:%S")  # type: ignore[attr-defined]
+        print(
+            f"{row['id']:>10}  {row['kind']!s:<11} {row['attempts']:>8}  {since:<19}  "
+            f"{row['last_error'] or '-'}"
+        )
+    return 0
+
+
+def _jobs_requeue(url: str, ids: list[int] | None) -> int:
+    from tragwerk.store.database import create_engine
+    from tragwerk.store.queries.jobs import JobStore
+
+    async def go() -> list[int]:
+        engine = create_engine(url, pool_size=1)
+        try:
+            return await JobStore(engine).requeue(ids)
+        finally:
+            await engine.dispose()
+
+    requeued = asyncio.run(go())
+    print(f"tragwerk: requeued {len(requeued)} job(s) {requeued if requeued else ''}".rstrip())
+    if ids:
+        missing = sorted(set(ids) - set(requeued))
+        if missing:
+            print(f"tragwerk: not held (unknown or not failed): {missing}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -29,6 +29,19 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
     return value
 
 
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not value >= minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {raw}")
+    return value
+
+
 def _switch(env: Mapping[str, str], name: str, *, default: bool) -> bool:
     raw = (env.get(name) or "").strip().lower()
     if raw == "":
@@ -73,6 +86,25 @@ class Settings:
     fail_internal: str = "open"
     # Requests served at once per process before the rest queue by lane (0: no bound).
     max_in_flight: int = 100
+    # Asynchronous processing (tragwerk.jobs). No SMTP URL: no emails are queued.
+    smtp_url: str | None = None
+    mail_from: str = "tragwerk@localhost"
+    smtp_timeout_seconds: float = 10.0
+    webhook_allow_hosts: tuple[str, ...] = ()
+    webhook_connect_timeout_seconds: float = 5.0
+    webhook_read_timeout_seconds: float = 10.0
+    breaker_threshold: int = 5
+    breaker_open_seconds: float = 30.0
+    job_max_attempts: int = 12
+    job_retry_base_seconds: float = 2.0
+    job_retry_cap_seconds: float = 900.0
+    job_heartbeat_timeout_seconds: float = 30.0
+    worker_concurrency: int = 50
+    worker_port: int = 8001
+    worker_grace_seconds: float = 20.0
+    sla_scan_seconds: float = 30.0
+    sla_at_risk_minutes: float = 60.0
+    sla_lookback_hours: float = 24.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -106,6 +138,34 @@ class Settings:
             fail_external=(env.get("TRAGWERK_LIMIT_FAIL_EXTERNAL") or "local").lower(),
             fail_internal=(env.get("TRAGWERK_LIMIT_FAIL_INTERNAL") or "open").lower(),
             max_in_flight=_int(env, "TRAGWERK_MAX_IN_FLIGHT", 100, minimum=0),
+            smtp_url=env.get("TRAGWERK_SMTP_URL") or None,
+            mail_from=env.get("TRAGWERK_MAIL_FROM") or "tragwerk@localhost",
+            smtp_timeout_seconds=_float(env, "TRAGWERK_SMTP_TIMEOUT_SECONDS", 10.0, 0.1),
+            webhook_allow_hosts=tuple(
+                h.strip().lower()
+                for h in (env.get("TRAGWERK_WEBHOOK_ALLOW_HOSTS") or "").split(",")
+                if h.strip()
+            ),
+            webhook_connect_timeout_seconds=_float(
+                env, "TRAGWERK_WEBHOOK_CONNECT_TIMEOUT_SECONDS", 5.0, 0.1
+            ),
+            webhook_read_timeout_seconds=_float(
+                env, "TRAGWERK_WEBHOOK_READ_TIMEOUT_SECONDS", 10.0, 0.1
+            ),
+            breaker_threshold=_int(env, "TRAGWERK_BREAKER_THRESHOLD", 5),
+            breaker_open_seconds=_float(env, "TRAGWERK_BREAKER_OPEN_SECONDS", 30.0, 0.1),
+            job_max_attempts=_int(env, "TRAGWERK_JOB_MAX_ATTEMPTS", 12),
+            job_retry_base_seconds=_float(env, "TRAGWERK_JOB_RETRY_BASE_SECONDS", 2.0, 0.01),
+            job_retry_cap_seconds=_float(env, "TRAGWERK_JOB_RETRY_CAP_SECONDS", 900.0, 0.01),
+            job_heartbeat_timeout_seconds=_float(
+                env, "TRAGWERK_JOB_HEARTBEAT_TIMEOUT_SECONDS", 30.0, 1.0
+            ),
+            worker_concurrency=_int(env, "TRAGWERK_WORKER_CONCURRENCY", 50, minimum=2),
+            worker_port=_int(env, "TRAGWERK_WORKER_PORT", 8001, minimum=0),
+            worker_grace_seconds=_float(env, "TRAGWERK_WORKER_GRACE_SECONDS", 20.0),
+            sla_scan_seconds=_float(env, "TRAGWERK_SLA_SCAN_SECONDS", 30.0, 0.1),
+            sla_at_risk_minutes=_float(env, "TRAGWERK_SLA_AT_RISK_MINUTES", 60.0),
+            sla_lookback_hours=_float(env, "TRAGWERK_SLA_LOOKBACK_HOURS", 24.0, 0.01),
         )
         for name in ("limit_anonymous", "limit_external", "limit_internal", "limit_auth_failures"):
             try:
@@ -119,6 +179,10 @@ class Settings:
             if getattr(settings, name) not in {"open", "local", "closed"}:
                 variable = "TRAGWERK_LIMIT_" + name.upper()
                 raise SettingsError(f"{variable} must be open, local or closed")
+        if settings.smtp_url is not None and not settings.smtp_url.startswith(
+            ("smtp://", "smtps://")
+        ):
+            raise SettingsError("TRAGWERK_SMTP_URL must start with smtp:// or smtps://")
         if settings.page_size_default > settings.page_size_max:
             raise SettingsError("TRAGWERK_PAGE_SIZE_DEFAULT must not exceed TRAGWERK_PAGE_SIZE_MAX")
         return settings

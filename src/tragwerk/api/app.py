@@ -17,7 +17,7 @@ from tragwerk.api.fast_reference import TABLES as FAST_TABLES
 from tragwerk.api.fast_reference import ReferenceFastPath
 from tragwerk.api.limiting import RateLimit
 from tragwerk.api.middleware import BodyGuard, RequestMetrics
-from tragwerk.api.routes import admin, cases, health, reference, users, webhooks
+from tragwerk.api.routes import admin, cases, health, jobs, reference, users, webhooks
 from tragwerk.api.services import Services
 
 
@@ -64,7 +64,7 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     errors.install(app)
-    for module in (health, cases, reference, users, webhooks, admin):
+    for module in (health, cases, reference, users, webhooks, admin, jobs):
         app.include_router(module.router)
     fast_routes = {
         route.path: route

@@ -260,10 +260,17 @@ class TokenCreated(Token):
 
 
 # -- webhooks and notifications -----------------------------------------------------
-EventTypes = Annotated[
-    list[Annotated[StrictStr, Field(min_length=1, max_length=64)]],
-    Field(min_length=1, max_length=32),
+# The events a subscription may ask for; "*" means all of them.
+EventName = Literal[
+    "*",
+    "case.created",
+    "case.updated",
+    "case.assigned",
+    "case.status_changed",
+    "case.sla_at_risk",
+    "case.sla_breached",
 ]
+EventTypes = Annotated[list[EventName], Field(min_length=1, max_length=32)]
 
 
 class WebhookCreate(Body):
@@ -339,3 +346,30 @@ class Problem(BaseModel):
     status: int
     detail: str
     instance: str | None = None
+
+
+class HeldJob(BaseModel):
+    id: int
+    kind: str = Field(description="case_event, email, webhook, ...")
+    priority: int
+    attempts: int
+    created: datetime
+    updated: datetime
+    dedupe_key: str | None
+    payload: str | None
+    last_error: str | None
+
+
+class RequeueJobs(Body):
+    ids: Annotated[list[Id], Field(min_length=1, max_length=1000)] | None = None
+    all: StrictBool = False
+
+    @model_validator(mode="after")
+    def _one_of(self) -> RequeueJobs:
+        if (self.ids is None) == (not self.all):
+            raise ValueError("give either ids or all=true")
+        return self
+
+
+class Requeued(BaseModel):
+    requeued: list[int]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -16,8 +17,19 @@ from tragwerk.settings import Settings
 from tragwerk.store.changes import ChangeFeed
 from tragwerk.store.queries.cases import CaseStore
 from tragwerk.store.queries.directory import DirectoryStore
+from tragwerk.store.queries.jobs import JobStore
 from tragwerk.store.queries.notifications import NotificationStore
 from tragwerk.store.queries.webhooks import WebhookStore
+
+
+class Background(Protocol):
+    """Work that runs in this process beside the requests (the embedded profile's worker)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float | None = None) -> None: ...
+
+    async def ready(self) -> str: ...
 
 
 @dataclass
@@ -29,12 +41,15 @@ class Services:
     directory: DirectoryStore
     webhooks: WebhookStore
     notifications: NotificationStore
+    jobs: JobStore
     caches: Caches
     reads: CachedReads
     feed: ChangeFeed | None
     limiter: RequestLimiter | None = None
     admission: Admission | None = None
     limits: LimitSync | None = None
+    # name -> background work started and stopped with the app (e.g. "worker")
+    background: dict[str, Background] = field(default_factory=dict)
 
     async def start(self) -> None:
         """Start what runs beside the requests: the change feed that keeps caches true."""
@@ -42,8 +57,12 @@ class Services:
             await self.limits.reload()
         if self.feed is not None:
             await self.feed.start()
+        for work in self.background.values():
+            await work.start()
 
     async def stop(self) -> None:
+        for work in self.background.values():
+            await work.stop()
         if self.feed is not None:
             await self.feed.stop()
         await self.engine.dispose()

@@ -19,6 +19,7 @@ class Permission(StrEnum):
     WEBHOOKS_WRITE = "webhooks:write"
     NOTIFICATIONS_READ = "notifications:read"
     LIMITS_WRITE = "limits:write"
+    JOBS_MANAGE = "jobs:manage"
 
 
 ALL_PERMISSIONS = frozenset(Permission)

@@ -85,6 +85,8 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.jobs = JobMetrics(self.registry)
+
     def module(self, name: str) -> ModuleMonitor:
         return ModuleMonitor(self, name)
 
@@ -153,3 +155,66 @@ class ModuleMonitor:
 
     def observe(self, name: str, read: Callable[[], float]) -> None:
         self._metrics.values.labels(self._module, name).set_function(read)
+
+
+# Job durations reach from a no-op (well under a millisecond) to a slow webhook.
+JOB_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class JobMetrics:
+    """Per job kind: outcomes, duration, running; queue figures refreshed by the worker."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.outcomes = Counter(
+            "tragwerk_jobs",
+            "Job attempts by kind and outcome (succeeded, retried, held, failed)",
+            ["kind", "outcome"],
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "tragwerk_job_seconds",
+            "Duration of one job attempt",
+            ["kind"],
+            buckets=JOB_BUCKETS,
+            registry=registry,
+        )
+        self.running = Gauge(
+            "tragwerk_jobs_running", "Jobs running in this worker", ["kind"], registry=registry
+        )
+        self.queued = Gauge(
+            "tragwerk_jobs_queued",
+            "Jobs waiting in the queue by kind and priority band (sla, critical, high, normal,"
+            " low, other)",
+            ["kind", "band"],
+            registry=registry,
+        )
+        self.held = Gauge(
+            "tragwerk_jobs_held",
+            "Jobs held after their last attempt failed",
+            ["kind"],
+            registry=registry,
+        )
+        self.oldest = Gauge(
+            "tragwerk_job_oldest_queued_seconds",
+            "Age of the oldest queued job by kind",
+            ["kind"],
+            registry=registry,
+        )
+
+    def refresh_queue(self, rows: Iterable[dict[str, object]]) -> None:
+        """Replace the queue gauges with one reading of the queue table."""
+        self.queued.clear()
+        self.held.clear()
+        self.oldest.clear()
+        oldest: dict[str, float] = {}
+        for row in rows:
+            kind, status, band = str(row["entrypoint"]), str(row["status"]), str(row["band"])
+            count = float(row["jobs"])  # type: ignore[arg-type]
+            if status == "failed":
+                self.held.labels(kind).inc(count)
+            else:
+                self.queued.labels(kind, band).inc(count)
+                age = float(row["oldest_seconds"])  # type: ignore[arg-type]
+                oldest[kind] = max(oldest.get(kind, 0.0), age)
+        for kind, age in oldest.items():
+            self.oldest.labels(kind).set(age)

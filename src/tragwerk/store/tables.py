@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    Uuid,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
@@ -146,6 +147,16 @@ notifications = Table(
     Column("body", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("read_at", DateTime(timezone=True), nullable=True),
+    Column("event_id", Uuid, nullable=True),
+)
+
+sla_alerts = Table(
+    "sla_alerts",
+    metadata,
+    Column("case_id", BigInteger, ForeignKey("cases.id", ondelete="CASCADE"), primary_key=True),
+    Column("threshold", Text, primary_key=True),
+    Column("due_at", DateTime(timezone=True), primary_key=True),
+    Column("raised_at", DateTime(timezone=True), nullable=False),
 )
 
 rate_limit_tiers = Table(

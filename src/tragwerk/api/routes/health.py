@@ -41,6 +41,8 @@ async def ready(svc: Svc) -> Response:
     # goes to the database, which is slower but still correct.
     checks["cache_feed"] = svc.cache_state()
     checks["rate_limit"] = svc.rate_limit_state()
+    for name, work in svc.background.items():
+        checks[name] = await work.ready()
     ok = checks["database"] == "ok"
     return JSON(
         {"status": "ok" if ok else "failing", "checks": checks}, status_code=200 if ok else 503

@@ -34,9 +34,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tragwerk.domain.cases import Priority, SlaPolicy, Status, check_transition
 from tragwerk.domain.directory import Principal
 from tragwerk.domain.errors import InvalidReference, NotFound, StaleVersion
+from tragwerk.domain.events import EventType
 from tragwerk.domain.observability import ModuleReporter
 from tragwerk.store import cursor
 from tragwerk.store.hot import CompiledQuery, fetch
+from tragwerk.store.outbox import case_event, enqueue
 from tragwerk.store.queries import Page, Row, page_by_id, read_only
 from tragwerk.store.tables import case_assignees, case_history, cases, locations, users
 
@@ -224,8 +226,17 @@ def _jsonable(value: Any) -> Any:
 class CaseStore:
     """Reads and writes of cases. Every write is one transaction including its history row."""
 
-    def __init__(self, engine: AsyncEngine, reporter: ModuleReporter, sla: SlaPolicy) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        reporter: ModuleReporter,
+        sla: SlaPolicy,
+        *,
+        emit_events: bool = True,
+    ) -> None:
         self._engine = engine
+        # Off only to measure what recording events adds to a write (bench/jobs.py).
+        self._emit_events = emit_events
         self._reader = read_only(engine)
         self._reporter = reporter
         self._sla = sla
@@ -337,7 +348,9 @@ class CaseStore:
                         **_actor(principal),
                     )
                 )
-                return await self._get(conn, case_id)
+                case = await self._get(conn, case_id)
+                await self._emit(conn, EventType.CASE_CREATED, case)
+                return case
 
     async def _lock(self, conn: AsyncConnection, case_id: int, version: int | None) -> Row:
         row = (
@@ -359,6 +372,17 @@ class CaseStore:
             )
         return dict(row)
 
+    async def _emit(
+        self,
+        conn: AsyncConnection,
+        event_type: EventType,
+        case: Row,
+        recipients: Sequence[int] | None = None,
+    ) -> None:
+        """Record the event in this transaction: it exists exactly when the change does."""
+        if self._emit_events:
+            await enqueue(conn, [case_event(event_type, case, case["updated_at"], recipients)])
+
     async def _bump(
         self,
         conn: AsyncConnection,
@@ -367,6 +391,8 @@ class CaseStore:
         action: str,
         changes: dict[str, Any],
         principal: Principal | None,
+        event: EventType,
+        recipients: Sequence[int] | None = None,
     ) -> Row:
         await conn.execute(
             cases.update()
@@ -378,7 +404,9 @@ class CaseStore:
                 case_id=case_id, action=action, changes=changes, **_actor(principal)
             )
         )
-        return await self._get(conn, case_id)
+        case = await self._get(conn, case_id)
+        await self._emit(conn, event, case, recipients)
+        return case
 
     async def update(
         self, case_id: int, version: int, fields: dict[str, Any], principal: Principal | None
@@ -402,7 +430,9 @@ class CaseStore:
                     )
                 if not values:
                     return await self._get(conn, case_id)
-                return await self._bump(conn, case_id, values, "updated", changes, principal)
+                return await self._bump(
+                    conn, case_id, values, "updated", changes, principal, EventType.CASE_UPDATED
+                )
 
     async def change_status(
         self, case_id: int, version: int, target: Status, principal: Principal | None
@@ -418,6 +448,7 @@ class CaseStore:
                     "status_changed",
                     {"status": [current["status"], target.value]},
                     principal,
+                    EventType.CASE_STATUS_CHANGED,
                 )
 
     async def add_assignees(
@@ -446,7 +477,14 @@ class CaseStore:
                 if not added:
                     return await self._get(conn, case_id)
                 return await self._bump(
-                    conn, case_id, {}, "assigned", {"added": sorted(added)}, principal
+                    conn,
+                    case_id,
+                    {},
+                    "assigned",
+                    {"added": sorted(added)},
+                    principal,
+                    EventType.CASE_ASSIGNED,
+                    recipients=sorted(added),
                 )
 
     async def remove_assignee(
@@ -463,7 +501,13 @@ class CaseStore:
                 if removed is None:
                     raise NotFound(f"user {user_id} is not assigned to case {case_id}")
                 return await self._bump(
-                    conn, case_id, {}, "unassigned", {"removed": [user_id]}, principal
+                    conn,
+                    case_id,
+                    {},
+                    "unassigned",
+                    {"removed": [user_id]},
+                    principal,
+                    EventType.CASE_UPDATED,
                 )
 
     async def history(self, case_id: int, after: str | None, limit: int) -> Page:

@@ -54,3 +54,11 @@ class NotificationStore:
         if row is None:
             raise NotFound(f"notification {notification_id} does not exist")
         return dict(row)
+
+
+async def insert_plain(engine: AsyncEngine, user_id: int, title: str) -> None:
+    """One notification row without a case (used by the job benchmark's realistic job)."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            notifications.insert().values(user_id=user_id, kind="notice", title=title, body="")
+        )

@@ -1,0 +1,40 @@
+"""/v1/admin/jobs: held jobs (dead letters) with their last error, and requeueing them."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from starlette.responses import Response
+
+from tragwerk.api import schemas
+from tragwerk.api.auth import Svc, require
+from tragwerk.api.responses import JSON
+from tragwerk.domain.directory import Permission, Principal
+from tragwerk.domain.errors import NotFound
+
+router = APIRouter(prefix="/v1/admin/jobs", tags=["administration"])
+
+Operator = Annotated[Principal, Depends(require(Permission.JOBS_MANAGE))]
+
+
+@router.get("", response_model=list[schemas.HeldJob], summary="Held jobs and their last error")
+async def list_jobs(
+    svc: Svc,
+    _who: Operator,
+    state: Annotated[str, Query(pattern="^held$", description="only 'held' is listed")] = "held",
+    after: Annotated[int, Query(ge=0, description="list jobs with a larger id")] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> Response:
+    return JSON(await svc.jobs.held(after, limit))
+
+
+@router.post(
+    "/requeue", response_model=schemas.Requeued, summary="Queue held jobs again, attempts reset"
+)
+async def requeue(body: schemas.RequeueJobs, svc: Svc, _who: Operator) -> Response:
+    ids = None if body.all else list(dict.fromkeys(body.ids or []))
+    requeued = await svc.jobs.requeue(ids)
+    if ids and not requeued:
+        raise NotFound(f"none of the jobs {ids} is held")
+    return JSON({"requeued": requeued})

@@ -1,0 +1,109 @@
+"""`tragwerk worker`: one worker process with its health and metrics endpoints.
+
+Serves /health/live, /health/ready (database and queue connection) and /metrics on
+TRAGWERK_WORKER_PORT (0: none). SIGTERM or Ctrl-C stops it gracefully (see
+Worker.stop). Exit status 0 after a requested stop, 1 when the queue connection
+failed, so that a supervisor restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import orjson
+import structlog
+import uvicorn
+from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tragwerk.jobs.worker import Worker
+from tragwerk.monitoring.metrics import CONTENT_TYPE, Metrics
+from tragwerk.settings import Settings
+from tragwerk.store.database import create_engine
+
+log = structlog.get_logger("tragwerk.worker")
+
+
+def _json(body: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def health_app(worker: Worker) -> Starlette:
+    async def live(_request: Request) -> Response:
+        return _json({"status": "ok"})
+
+    async def ready(_request: Request) -> Response:
+        checks: dict[str, str] = {}
+        try:
+            async with asyncio.timeout(2.0):
+                async with worker.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+            checks["database"] = f"failing: {type(exc).__name__}"
+        checks["queue"] = await worker.ready()
+        ok = all(v == "ok" for v in checks.values())
+        return _json({"status": "ok" if ok else "failing", "checks": checks}, 200 if ok else 503)
+
+    async def metrics(_request: Request) -> Response:
+        return Response(worker.metrics.render(), media_type=CONTENT_TYPE)
+
+    return Starlette(
+        routes=[
+            Route("/health/live", live),
+            Route("/health/ready", ready),
+            Route("/metrics", metrics),
+        ]
+    )
+
+
+async def serve_worker(settings: Settings, database_url: str, concurrency: int) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def request_stop(_signum: int, _frame: object) -> None:
+        loop.call_soon_threadsafe(stop.set)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    engine = create_engine(database_url, pool_size=min(10, concurrency), max_overflow=0)
+    worker = Worker(settings, database_url, engine, Metrics(), concurrency=concurrency)
+    server: uvicorn.Server | None = None
+    server_task: asyncio.Task[None] | None = None
+    failed = False
+    try:
+        await worker.start()
+        if settings.worker_port:
+            server = uvicorn.Server(
+                uvicorn.Config(
+                    health_app(worker),
+                    host=settings.host,
+                    port=settings.worker_port,
+                    log_config=None,
+                    access_log=False,
+                    server_header=False,
+                )
+            )
+            server_task = asyncio.create_task(server.serve())
+        waiters = {asyncio.create_task(stop.wait()), asyncio.create_task(worker.wait())}
+        _done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        failed = not stop.is_set()
+        if failed:
+            log.error("the queue connection failed; stopping so that a supervisor restarts us")
+    finally:
+        if server is not None and server_task is not None:
+            server.should_exit = True
+            with contextlib.suppress(BaseException):
+                await server_task
+        await worker.stop()
+        await engine.dispose()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("worker stopped")
+    return 1 if failed else 0

@@ -1,0 +1,196 @@
+"""A worker: claims jobs from the queue, runs them, and keeps the SLA monitor going.
+
+Built on pgqueuer's QueueManager: jobs are claimed with FOR UPDATE SKIP LOCKED in
+batches, highest priority first; each running job's heartbeat is refreshed, and a
+job whose worker died (no heartbeat for `job_heartbeat_timeout_seconds`) is claimed
+again by another worker. Workers share nothing but the database, so more of them
+(`tragwerk worker` on more processes or machines) means more throughput.
+
+Stopping: `stop()` lets running jobs finish for `worker_grace_seconds`; jobs still
+running then are put back in the queue at once (not after a heartbeat timeout) and
+the queue connection is cut, so pgqueuer cannot record them as cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from datetime import timedelta
+
+import asyncpg
+import structlog
+from pgqueuer.adapters.persistence.queries import Queries
+from pgqueuer.core.qm import QueueManager
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tragwerk.domain.events import RetryPolicy
+from tragwerk.jobs.handlers import Handlers
+from tragwerk.jobs.mail import Mailer
+from tragwerk.jobs.outcome import outcome_of
+from tragwerk.jobs.webhooks import Deliverer
+from tragwerk.monitoring.metrics import Metrics
+from tragwerk.resilience.breaker import CircuitBreakers
+from tragwerk.resilience.ssrf import AddressGuard
+from tragwerk.settings import Settings
+from tragwerk.store.changes import plain_url
+from tragwerk.store.queries.jobs import JobStore
+from tragwerk.store.queries.sla import raise_alerts
+
+log = structlog.get_logger("tragwerk.worker")
+
+QUEUE_STATS_SECONDS = 5.0
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        database_url: str,
+        engine: AsyncEngine,
+        metrics: Metrics,
+        *,
+        concurrency: int | None = None,
+        sla_monitor: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.database_url = database_url
+        self.engine = engine
+        self.metrics = metrics
+        self.concurrency = concurrency or settings.worker_concurrency
+        self.sla_monitor = sla_monitor
+        self.jobs = JobStore(engine)
+        self.breakers = CircuitBreakers(settings.breaker_threshold, settings.breaker_open_seconds)
+        self.reporter = metrics.module("worker")
+        self._pool: asyncpg.Pool | None = None
+        self._manager: QueueManager | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._run: asyncio.Task[None] | None = None
+        self._deliverer: Deliverer | None = None
+        self.connected = False
+
+    @property
+    def batch_size(self) -> int:
+        # pgqueuer requires max_concurrent_tasks >= 2 * batch_size.
+        return max(1, min(100, self.concurrency // 2))
+
+    def _handlers(self) -> Handlers:
+        s = self.settings
+        mailer = Mailer(s.smtp_url, s.mail_from, s.smtp_timeout_seconds) if s.smtp_url else None
+        self._deliverer = Deliverer(
+            AddressGuard(s.webhook_allow_hosts),
+            self.breakers,
+            s.webhook_connect_timeout_seconds,
+            s.webhook_read_timeout_seconds,
+            retry_ceiling=s.job_retry_cap_seconds,
+        )
+        return Handlers(self.engine, mailer, self._deliverer)
+
+    async def start(self) -> None:
+        s = self.settings
+        self._pool = await asyncpg.create_pool(
+            plain_url(self.database_url),
+            min_size=2,
+            max_size=4,
+            server_settings={"application_name": "tragwerk-worker"},
+        )
+        manager = QueueManager(Queries.from_asyncpg_pool(self._pool))
+        policy = RetryPolicy(s.job_max_attempts, s.job_retry_base_seconds, s.job_retry_cap_seconds)
+        for kind, handler in self._handlers().by_kind().items():
+            manager.entrypoint(kind, on_failure="hold", accepts_context=False)(
+                outcome_of(kind, handler, policy, self.metrics.jobs)
+            )
+        self._manager = manager
+        self._run = asyncio.create_task(self._run_manager(), name="tragwerk-worker")
+        self._tasks.append(asyncio.create_task(self._refresh_queue_stats()))
+        if self.sla_monitor:
+            self._tasks.append(asyncio.create_task(self._monitor_sla()))
+        self.connected = True
+        log.info(
+            "worker started",
+            concurrency=self.concurrency,
+            batch_size=self.batch_size,
+            queue_manager_id=str(manager.queue_manager_id),
+        )
+
+    async def _run_manager(self) -> None:
+        assert self._manager is not None
+        try:
+            with self.reporter.operation("run"):
+                await self._manager.run(
+                    batch_size=self.batch_size,
+                    max_concurrent_tasks=self.concurrency,
+                    heartbeat_timeout=timedelta(
+                        seconds=self.settings.job_heartbeat_timeout_seconds
+                    ),
+                    dequeue_timeout=timedelta(seconds=5),
+                    shutdown_on_listener_failure=True,
+                )
+        finally:
+            self.connected = False
+            self.reporter.set_healthy(False)
+
+    async def wait(self) -> None:
+        """Return when the queue manager stops (asked to, or its connection failed)."""
+        assert self._run is not None
+        await asyncio.shield(self._run)
+
+    async def ready(self) -> str:
+        """'ok' when the queue connection round-trips a NOTIFY, else why not."""
+        if self._manager is None or not self.connected:
+            return "stopped"
+        try:
+            await self._manager.listener_healthy(timeout=timedelta(seconds=2))
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+            return f"failing: {type(exc).__name__}"
+        return "ok"
+
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.settings.worker_grace_seconds if grace is None else grace
+        for task in self._tasks:
+            task.cancel()
+        if self._manager is not None and self._run is not None:
+            self._manager.shutdown.set()
+            done, _ = await asyncio.wait({self._run}, timeout=grace)
+            if not done:
+                released = await self.jobs.release(self._manager.queue_manager_id)
+                log.warning("grace period over; released running jobs", released=released)
+                if self._pool is not None:
+                    self._pool.terminate()
+                self._run.cancel()
+            with contextlib.suppress(BaseException):
+                await self._run
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        if self._deliverer is not None:
+            await self._deliverer.close()
+        if self._pool is not None:
+            self._pool.terminate()
+
+    async def _refresh_queue_stats(self) -> None:
+        while True:
+            try:
+                self.metrics.jobs.refresh_queue(await self.jobs.stats())
+            except Exception as exc:  # noqa: BLE001 - figures are best effort; retried
+                log.warning("queue figures unavailable", error=repr(exc))
+            await asyncio.sleep(QUEUE_STATS_SECONDS)
+
+    async def _monitor_sla(self) -> None:
+        s = self.settings
+        while True:
+            try:
+                with self.reporter.operation("sla_scan"):
+                    raised = await raise_alerts(
+                        self.engine,
+                        at_risk_within=timedelta(minutes=s.sla_at_risk_minutes),
+                        lookback=timedelta(hours=s.sla_lookback_hours),
+                    )
+                for threshold, count in raised.items():
+                    if count:
+                        self.reporter.count(f"sla_{threshold}", count)
+                        log.info("SLA alerts raised", threshold=threshold, cases=count)
+            except Exception as exc:  # noqa: BLE001 - the next scan tries again
+                log.warning("SLA scan failed", error=repr(exc))
+            # Jitter keeps several workers' scans from lining up.
+            await asyncio.sleep(s.sla_scan_seconds * random.uniform(0.8, 1.2))  # noqa: S311

@@ -1,0 +1,95 @@
+"""Jobs written inside the caller's transaction: commit makes them exist, rollback never.
+
+The rows go into pgqueuer's queue table through pgqueuer's own enqueue statement
+(built once here), executed on the transaction's asyncpg connection. The table's
+statement-level trigger sends one NOTIFY per INSERT, delivered at commit, which
+wakes the workers; a rolled-back transaction sends nothing.
+
+Jobs carry a dedupe key, and an insert whose key is already queued or running is
+skipped: a fan-out that runs twice after a worker crash queues each delivery once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from pgqueuer.adapters.persistence.qb import QueryQueueBuilder
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tragwerk.domain.cases import Priority
+from tragwerk.domain.events import EventType, job_priority
+
+# Entrypoint names: the kinds of job a worker runs.
+CASE_EVENT = "case_event"
+EMAIL = "email"
+WEBHOOK = "webhook"
+NOOP = "noop"
+NOTIFICATION_ONLY = "notification"  # benchmark: write one notification row
+
+_ENQUEUE_SQL = QueryQueueBuilder().build_enqueue_query("skip")
+
+
+@dataclass(frozen=True)
+class Job:
+    entrypoint: str
+    payload: bytes
+    priority: int
+    dedupe_key: str | None = None
+    delay: timedelta | None = None
+
+
+async def enqueue(conn: AsyncConnection, jobs: Sequence[Job]) -> list[int | None]:
+    """Insert `jobs` in the transaction of `conn`; None where the dedupe key was taken."""
+    if not jobs:
+        return []
+    raw = (await conn.get_raw_connection()).driver_connection
+    assert raw is not None
+    rows = await raw.fetch(
+        _ENQUEUE_SQL,
+        [j.priority for j in jobs],
+        [j.entrypoint for j in jobs],
+        [j.payload for j in jobs],
+        [j.delay or timedelta(0) for j in jobs],
+        [j.dedupe_key for j in jobs],
+        ["{}"] * len(jobs),
+    )
+    ids: list[int | None] = [None] * len(jobs)
+    for row in rows:
+        ids[row["ord"] - 1] = row["id"]
+    return ids
+
+
+def case_event(
+    event_type: EventType,
+    case: dict[str, Any],
+    now: datetime,
+    recipients: Sequence[int] | None = None,
+    event_id: str | None = None,
+) -> Job:
+    """One case event as a job; its worker fans it out into notifications, mail, webhooks.
+
+    `case` is the case as the API shows it after the change, so every receiver sees
+    the state the event describes, not whatever the case looks like when the job runs.
+    `recipients` narrows who is told (an assignment tells the new assignees only);
+    None means every assignee.
+    """
+    event_id = event_id or str(uuid.uuid4())
+    payload = {
+        "id": event_id,
+        "type": event_type.value,
+        "occurred_at": now,
+        "case": case,
+        "recipients": None if recipients is None else list(recipients),
+    }
+    priority = job_priority(event_type, Priority(case["priority"]), case["sla_due_at"], now)
+    return Job(
+        CASE_EVENT,
+        orjson.dumps(payload),
+        priority,
+        dedupe_key=f"event:{event_id}",
+    )

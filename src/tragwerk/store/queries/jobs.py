@@ -1,0 +1,113 @@
+"""The job queue seen from outside a worker: held jobs, requeueing, queue figures.
+
+Reads pgqueuer's tables directly (their layout is frozen by migration 0005). A held
+job is one whose last attempt failed (pgqueuer status 'failed'); its last error is
+the newest traceback in pgqueuer_log.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tragwerk.store.queries import Row, read_only
+
+_HELD = text(
+    """
+    SELECT j.id, j.entrypoint AS kind, j.priority, j.attempts, j.created, j.updated,
+           j.dedupe_key, convert_from(j.payload, 'UTF8') AS payload,
+           (SELECT l.traceback FROM pgqueuer_log l
+             WHERE l.job_id = j.id AND l.traceback IS NOT NULL
+             ORDER BY l.created DESC LIMIT 1) AS last_error
+    FROM pgqueuer j
+    WHERE j.status = 'failed' AND j.id > :after
+    ORDER BY j.id
+    LIMIT :limit
+    """
+)
+
+# pgqueuer's requeue statement (QueryQueueBuilder.build_requeue_jobs_query), with
+# RETURNING so that the caller learns which ids were held.
+_REQUEUE = text(
+    """
+    WITH requeued AS (
+        UPDATE pgqueuer
+        SET status = 'queued', execute_after = now(), updated = now(),
+            attempts = 0, queue_manager_id = NULL
+        WHERE status = 'failed' AND (CAST(:all AS boolean) OR id = ANY(:ids))
+        RETURNING id, entrypoint, priority
+    ), logged AS (
+        INSERT INTO pgqueuer_log (job_id, status, entrypoint, priority)
+        SELECT id, 'queued', entrypoint, priority FROM requeued
+    )
+    SELECT id FROM requeued ORDER BY id
+    """
+)
+
+_RELEASE = text(
+    """
+    UPDATE pgqueuer
+    SET status = 'queued', queue_manager_id = NULL, slot = NULL, updated = now()
+    WHERE queue_manager_id = :manager AND status = 'picked'
+    """
+)
+
+_STATS = text(
+    """
+    SELECT entrypoint, status::text AS status,
+           CASE WHEN priority >= 900 THEN 'sla'
+                WHEN priority >= 400 THEN 'critical'
+                WHEN priority >= 300 THEN 'high'
+                WHEN priority >= 200 THEN 'normal'
+                WHEN priority >= 100 THEN 'low'
+                ELSE 'other' END AS band,
+           count(*) AS jobs,
+           coalesce(extract(epoch FROM now() - min(created)), 0) AS oldest_seconds
+    FROM pgqueuer
+    WHERE status IN ('queued', 'failed')
+    GROUP BY 1, 2, 3
+    """
+)
+
+
+def _last_error(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return None
+    kind = value.get("exception_type") or "error"
+    message = value.get("exception_message") or ""
+    return f"{kind}: {message}".strip(": ")
+
+
+class JobStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._reader = read_only(engine)
+
+    async def held(self, after: int, limit: int) -> list[Row]:
+        async with self._reader.connect() as conn:
+            rows = [
+                dict(r)
+                for r in (await conn.execute(_HELD, {"after": after, "limit": limit})).mappings()
+            ]
+        for row in rows:
+            row["last_error"] = _last_error(row["last_error"])
+        return rows
+
+    async def requeue(self, ids: list[int] | None) -> list[int]:
+        """Requeue the held jobs among `ids` (all held jobs when None); their ids."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(_REQUEUE, {"all": ids is None, "ids": ids or []})
+            return [int(r[0]) for r in result.all()]
+
+    async def release(self, queue_manager_id: uuid.UUID) -> int:
+        """Put the jobs a stopping worker still holds back in the queue, at once."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(_RELEASE, {"manager": queue_manager_id})
+            return int(result.rowcount)
+
+    async def stats(self) -> list[Row]:
+        async with self._reader.connect() as conn:
+            return [dict(r) for r in (await conn.execute(_STATS)).mappings()]
