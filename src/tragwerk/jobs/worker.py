@@ -40,6 +40,8 @@ from tragwerk.store.queries.sla import raise_alerts
 log = structlog.get_logger("tragwerk.worker")
 
 QUEUE_STATS_SECONDS = 5.0
+# A receiver's Retry-After is honoured up to this; beyond, it is taken as this.
+RETRY_AFTER_CEILING_SECONDS = 3600.0
 
 
 class Worker:
@@ -82,7 +84,7 @@ class Worker:
             self.breakers,
             s.webhook_connect_timeout_seconds,
             s.webhook_read_timeout_seconds,
-            retry_ceiling=s.job_retry_cap_seconds,
+            retry_ceiling=RETRY_AFTER_CEILING_SECONDS,
         )
         return Handlers(self.engine, mailer, self._deliverer)
 
@@ -106,12 +108,28 @@ class Worker:
         if self.sla_monitor:
             self._tasks.append(asyncio.create_task(self._monitor_sla()))
         self.connected = True
+        await self._until_listening()
         log.info(
             "worker started",
             concurrency=self.concurrency,
             batch_size=self.batch_size,
             queue_manager_id=str(manager.queue_manager_id),
         )
+
+    async def _until_listening(self, within: float = 15.0) -> None:
+        """Return once the queue's LISTEN connection receives our NOTIFY probe."""
+        assert self._manager is not None and self._run is not None
+        deadline = asyncio.get_running_loop().time() + within
+        while True:
+            if self._run.done():
+                await self._run  # raises why the queue manager could not start
+                raise RuntimeError("the queue manager stopped while starting")
+            try:
+                await self._manager.listener_healthy(timeout=timedelta(seconds=0.5))
+                return
+            except Exception:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
 
     async def _run_manager(self) -> None:
         assert self._manager is not None
@@ -123,7 +141,10 @@ class Worker:
                     heartbeat_timeout=timedelta(
                         seconds=self.settings.job_heartbeat_timeout_seconds
                     ),
-                    dequeue_timeout=timedelta(seconds=5),
+                    # Also the longest a deferred retry may wait past its time when its
+                    # wake-up notification raced with a claim (seen in tests): one cheap
+                    # poll per second bounds that.
+                    dequeue_timeout=timedelta(seconds=1),
                     shutdown_on_listener_failure=True,
                 )
         finally:

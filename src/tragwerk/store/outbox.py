@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 from pgqueuer.adapters.persistence.qb import QueryQueueBuilder
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tragwerk.domain.cases import Priority
@@ -32,6 +33,7 @@ NOOP = "noop"
 NOTIFICATION_ONLY = "notification"  # benchmark: write one notification row
 
 _ENQUEUE_SQL = QueryQueueBuilder().build_enqueue_query("skip")
+_BEGIN = text("SELECT 1")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,12 @@ async def enqueue(conn: AsyncConnection, jobs: Sequence[Job]) -> list[int | None
         return []
     raw = (await conn.get_raw_connection()).driver_connection
     assert raw is not None
+    if not raw.is_in_transaction():
+        # SQLAlchemy's asyncpg adapter opens the transaction with its first statement;
+        # a job written first must not slip out in autocommit mode.
+        await conn.execute(_BEGIN)
+        if not raw.is_in_transaction():
+            raise RuntimeError("jobs must be enqueued inside a transaction (engine.begin())")
     rows = await raw.fetch(
         _ENQUEUE_SQL,
         [j.priority for j in jobs],
@@ -89,7 +97,7 @@ def case_event(
     priority = job_priority(event_type, Priority(case["priority"]), case["sla_due_at"], now)
     return Job(
         CASE_EVENT,
-        orjson.dumps(payload),
+        orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS),
         priority,
         dedupe_key=f"event:{event_id}",
     )

@@ -136,7 +136,8 @@ async def fan_out(
                 "type": event["type"],
                 "occurred_at": event["occurred_at"],
                 "case": case,
-            }
+            },
+            option=orjson.OPT_NON_STR_KEYS,
         )
         for subscription_id in subscriptions:
             jobs.append(
