@@ -129,12 +129,12 @@ class WebhookReceiver:
         self._server.server_close()
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 20.0, every: float = 0.05) -> Any:
-    """Poll `check` (sync or async) until it returns something truthy; fail after `timeout`."""
+async def eventually(check: Callable[[], Any], within: float = 20.0, every: float = 0.05) -> Any:
+    """Poll `check` (sync or async) until it returns something truthy; fail after `within` s."""
     import asyncio
     import inspect
 
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     last: Any = None
     while time.monotonic() < deadline:
         last = check()
@@ -143,4 +143,4 @@ async def eventually(check: Callable[[], Any], timeout: float = 20.0, every: flo
         if last:
             return last
         await asyncio.sleep(every)
-    raise AssertionError(f"condition not met within {timeout} s (last value {last!r})")
+    raise AssertionError(f"condition not met within {within} s (last value {last!r})")

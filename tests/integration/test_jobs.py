@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -129,11 +128,14 @@ async def test_a_write_commits_its_event_and_a_rollback_leaves_none(fresh_url: s
         class Boom(Exception):
             pass
 
-        with pytest.raises(Boom):
+        async def write_then_fail() -> None:
             async with s.api.services.engine.begin() as conn:
                 await enqueue(conn, [Job(NOTIFICATION_ONLY, b"{}", 0)])
                 assert await conn.scalar(text("SELECT count(*) FROM pgqueuer")) == 2
                 raise Boom
+
+        with pytest.raises(Boom):
+            await write_then_fail()
         assert await queued(s, NOTIFICATION_ONLY) == 0
 
 
@@ -169,8 +171,12 @@ async def test_events_become_mail_notifications_and_signed_webhooks(fresh_url: s
                 c=case["id"],
             )
             assert sorted(rows) == sorted(
-                [(alice["id"], "case.created"), (bob["id"], "case.created")]
-                + [(alice["id"], "case.status_changed"), (bob["id"], "case.status_changed")]
+                [
+                    (alice["id"], "case.created"),
+                    (bob["id"], "case.created"),
+                    (alice["id"], "case.status_changed"),
+                    (bob["id"], "case.status_changed"),
+                ]
             )
             # Webhooks: signed over "<timestamp>.<body>" with the subscription's secret.
             for delivery in receiver.received:
@@ -218,7 +224,9 @@ async def test_retry_after_is_honoured_and_the_delivery_succeeds(fresh_url: str)
             await s.api.case(await s.api.location())
             async with worker(settings, fresh_url):
                 await eventually(lambda: len(receiver.received) == 3)
-            gaps = [b.at - a.at for a, b in zip(receiver.received, receiver.received[1:])]
+            gaps = [
+                b.at - a.at for a, b in zip(receiver.received, receiver.received[1:], strict=False)
+            ]
             # Our own backoff here is at most 0.3 s; the receiver asked for 1 s each time.
             assert all(gap >= 0.95 for gap in gaps), gaps
             ids = set(receiver.event_ids())
@@ -233,7 +241,7 @@ async def test_a_4xx_answer_is_held_at_once_listed_and_requeued(fresh_url: str) 
             await s.subscribe(receiver.url(), ["case.created"])
             await s.api.case(await s.api.location())
             async with worker(settings, fresh_url):
-                held = await eventually(lambda: _held(s), timeout=20)
+                held = await eventually(lambda: _held(s), within=20)
                 assert len(receiver.received) == 1  # never retried
                 assert held[0]["kind"] == "webhook"
                 assert "410" in held[0]["last_error"]
@@ -339,7 +347,7 @@ async def test_sla_work_jumps_a_queue_of_ten_thousand(fresh_url: str) -> None:
             )
             assert raised == {"breached": 1, "at_risk": 0}
             enqueued_at = (await s.sql("SELECT clock_timestamp()"))[0][0]
-            row = await eventually(lambda: _breach_notification(s, case["id"]), timeout=10)
+            row = await eventually(lambda: _breach_notification(s, case["id"]), within=10)
             remaining = await queued(s, NOTIFICATION_ONLY)
             overtaking = (
                 await s.sql(
@@ -367,7 +375,8 @@ async def _normal_done(s: Setup, n: int) -> bool:
 
 async def _breach_notification(s: Setup, case_id: int) -> Any:
     rows = await s.sql(
-        "SELECT id, created_at FROM notifications WHERE case_id = :c AND kind = 'case.sla_breached'",
+        "SELECT id, created_at FROM notifications "
+        "WHERE case_id = :c AND kind = 'case.sla_breached'",
         c=case_id,
     )
     return rows[0] if rows else None
@@ -471,7 +480,3 @@ async def test_requeue_validates_its_body(fresh_url: str) -> None:
         token = await s.api.token_for(agent["id"])
         r = await s.api.get("/v1/admin/jobs", token=token)
         assert r.status_code == 403
-
-
-def _unused() -> str:
-    return uuid.uuid4().hex

@@ -118,7 +118,8 @@ class Worker:
 
     async def _until_listening(self, within: float = 15.0) -> None:
         """Return once the queue's LISTEN connection receives our NOTIFY probe."""
-        assert self._manager is not None and self._run is not None
+        assert self._manager is not None
+        assert self._run is not None
         deadline = asyncio.get_running_loop().time() + within
         while True:
             if self._run.done():
