@@ -31,6 +31,9 @@ class Mailer:
         self._password = unquote(parts.password) if parts.password else None
         self._sender = sender
         self._timeout = timeout
+        # Built once: loading the CA bundle takes tens of milliseconds, and doing it per
+        # message blocked the worker's event loop until its queue listener timed out.
+        self._tls = ssl.create_default_context()
 
     def build(self, job: dict[str, Any]) -> EmailMessage:
         message = EmailMessage()
@@ -52,7 +55,7 @@ class Mailer:
                 password=self._password,
                 use_tls=self._implicit_tls,
                 start_tls=None,  # STARTTLS when the server offers it
-                tls_context=ssl.create_default_context(),
+                tls_context=self._tls,
                 timeout=self._timeout,
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:

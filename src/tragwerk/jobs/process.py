@@ -90,10 +90,13 @@ async def serve_worker(settings: Settings, database_url: str, concurrency: int) 
             )
             server_task = asyncio.create_task(server.serve())
         waiters = {asyncio.create_task(stop.wait()), asyncio.create_task(worker.wait())}
-        _done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
-        failed = not stop.is_set()
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("the queue manager failed", error=repr(task.exception()))
+        failed = not stop.is_set() or worker.failed
         if failed:
             log.error("the queue connection failed; stopping so that a supervisor restarts us")
     finally:

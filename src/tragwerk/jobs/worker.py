@@ -40,6 +40,8 @@ from tragwerk.store.queries.sla import raise_alerts
 log = structlog.get_logger("tragwerk.worker")
 
 QUEUE_STATS_SECONDS = 5.0
+LISTENER_CHECK_SECONDS = 10.0
+LISTENER_FAILURES_ALLOWED = 3
 # A receiver's Retry-After is honoured up to this; beyond, it is taken as this.
 RETRY_AFTER_CEILING_SECONDS = 3600.0
 
@@ -70,6 +72,7 @@ class Worker:
         self._run: asyncio.Task[None] | None = None
         self._deliverer: Deliverer | None = None
         self.connected = False
+        self.failed = False
 
     @property
     def batch_size(self) -> int:
@@ -105,6 +108,7 @@ class Worker:
         self._manager = manager
         self._run = asyncio.create_task(self._run_manager(), name="tragwerk-worker")
         self._tasks.append(asyncio.create_task(self._refresh_queue_stats()))
+        self._tasks.append(asyncio.create_task(self._watch_listener()))
         if self.sla_monitor:
             self._tasks.append(asyncio.create_task(self._monitor_sla()))
         self.connected = True
@@ -146,7 +150,10 @@ class Worker:
                     # wake-up notification raced with a claim (seen in tests): one cheap
                     # poll per second bounds that.
                     dequeue_timeout=timedelta(seconds=1),
-                    shutdown_on_listener_failure=True,
+                    # pgqueuer's own listener check starts before its LISTEN is in
+                    # place and so fails at random 10 s after start (seen here: every
+                    # worker stopped after 10 s); _watch_listener checks instead.
+                    shutdown_on_listener_failure=False,
                 )
         finally:
             self.connected = False
@@ -189,6 +196,30 @@ class Worker:
             await self._deliverer.close()
         if self._pool is not None:
             self._pool.terminate()
+
+    async def _watch_listener(self) -> None:
+        """Stop the queue manager when its LISTEN connection stops hearing our probes.
+
+        A worker without its listener would only poll; stopping makes the process exit
+        with status 1, so that its supervisor starts a fresh one.
+        """
+        assert self._manager is not None
+        failures = 0
+        while True:
+            await asyncio.sleep(LISTENER_CHECK_SECONDS)
+            try:
+                await self._manager.listener_healthy(timeout=timedelta(seconds=5))
+            except Exception as exc:  # noqa: BLE001 - counted; three in a row stop us
+                failures += 1
+                self.reporter.count("listener_probe_failed")
+                log.warning("queue listener did not answer", failures=failures, error=repr(exc))
+                if failures >= LISTENER_FAILURES_ALLOWED:
+                    self.failed = True
+                    self.reporter.set_healthy(False)
+                    self._manager.shutdown.set()
+                    return
+            else:
+                failures = 0
 
     async def _refresh_queue_stats(self) -> None:
         while True:

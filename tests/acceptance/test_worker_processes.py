@@ -1,0 +1,310 @@
+"""`tragwerk worker` as real processes: SIGKILL at random loses nothing, SIGTERM is graceful.
+
+The receivers (aiosmtpd and an HTTP server) run in this test process and count what
+arrives; the case changes go through the API in this process too, since the workers
+are what is under test here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from tests.conftest import (
+    GENEROUS,
+    SERVICE_PG_ADMIN_URL,
+    Api,
+    connect_raw,
+    create_database,
+    drop_database,
+    make_api,
+)
+from tests.receivers import SmtpSink, WebhookReceiver, eventually
+from tests.services import SERVICE_PG_HOST, SERVICE_PG_PORT, free_port, require_service
+from tragwerk.settings import Settings
+from tragwerk.store.database import create_engine
+from tragwerk.store.migrate import upgrade
+
+CHANGES = 2_000
+SECRET = "chaos-secret-0123456789"
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> AsyncIterator[str]:
+    require_service("PostgreSQL", SERVICE_PG_HOST, SERVICE_PG_PORT)
+    url = await create_database(SERVICE_PG_ADMIN_URL, prefix="tragwerk_workers")
+    engine = create_engine(url, pool_size=1)
+    try:
+        await upgrade(engine)
+    finally:
+        await engine.dispose()
+    yield url
+    await drop_database(SERVICE_PG_ADMIN_URL, url)
+
+
+def worker_env(url: str, smtp: SmtpSink | None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAGWERK_")}
+    env.update(
+        {
+            "TRAGWERK_DATABASE_URL": url,
+            "TRAGWERK_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
+            "TRAGWERK_JOB_HEARTBEAT_TIMEOUT_SECONDS": "2",
+            "TRAGWERK_JOB_RETRY_BASE_SECONDS": "0.1",
+            "TRAGWERK_JOB_RETRY_CAP_SECONDS": "1",
+            "TRAGWERK_WORKER_PORT": "0",
+            "TRAGWERK_SLA_SCAN_SECONDS": "3600",
+            "TRAGWERK_LOG_LEVEL": "warning",
+        }
+    )
+    if smtp is not None:
+        env["TRAGWERK_SMTP_URL"] = smtp.url
+    env.update(extra)
+    return env
+
+
+def start_worker(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tragwerk.cli", "worker", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def api_on(url: str) -> tuple[Api, Any]:
+    return await make_api(url, Settings(database_url=url, **GENEROUS))
+
+
+async def picked_or_queued(url: str) -> dict[str, int]:
+    conn = await connect_raw(url)
+    try:
+        rows = await conn.fetch("SELECT status::text, count(*) FROM pgqueuer GROUP BY 1")
+    finally:
+        await conn.close()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+async def test_sigkill_at_random_loses_no_delivery(database: str, tmp_path: Path) -> None:
+    rng = random.Random(4)
+    with SmtpSink() as smtp, WebhookReceiver() as receiver:
+        api, app = await api_on(database)
+        async with app.router.lifespan_context(app):
+            r = await api.post(
+                "/v1/webhook-subscriptions",
+                {"url": receiver.url(), "secret": SECRET, "event_types": ["*"]},
+            )
+            assert r.status_code == 201
+            location = await api.location()
+            agent = await api.user()
+            env = worker_env(database, smtp)
+            log = tmp_path / "workers.log"
+            workers = [start_worker(env, log, "--concurrency", "20") for _ in range(2)]
+            kills = 0
+            stop_killing = asyncio.Event()
+
+            async def killer() -> None:
+                nonlocal kills
+                while not stop_killing.is_set():
+                    await asyncio.sleep(rng.uniform(0.3, 1.5))
+                    victim = rng.randrange(len(workers))
+                    workers[victim].send_signal(signal.SIGKILL)
+                    workers[victim].wait()
+                    kills += 1
+                    workers[victim] = start_worker(env, log, "--concurrency", "20")
+
+            async def changes() -> int:
+                made = 0
+                cases: list[dict[str, Any]] = []
+                while made < CHANGES:
+                    if not cases or rng.random() < 0.3:
+                        cases.append(await api.case(location, assignee_ids=[agent["id"]]))
+                    else:
+                        case = rng.choice(cases)
+                        r = await api.client.patch(
+                            f"/v1/cases/{case['id']}",
+                            json={"title": f"changed {made}", "version": case["version"]},
+                            headers=api.auth(),
+                        )
+                        assert r.status_code == 200, r.text
+                        cases[cases.index(case)] = r.json()
+                    made += 1
+                return made
+
+            killing = asyncio.create_task(killer())
+            try:
+                assert await changes() == CHANGES
+                await asyncio.sleep(3)  # a few more kills while the backlog drains
+            finally:
+                stop_killing.set()
+                await killing
+            try:
+                await eventually(
+                    lambda: (
+                        len(set(receiver.event_ids())) >= CHANGES
+                        and len(set(smtp.message_ids())) >= CHANGES
+                    ),
+                    within=240,
+                    every=0.5,
+                )
+                await eventually(lambda: _queue_empty(database), within=60, every=0.5)
+            finally:
+                for w in workers:
+                    w.send_signal(signal.SIGTERM)
+                for w in workers:
+                    w.wait(timeout=30)
+            async with api.services.engine.connect() as conn:
+                notified = (
+                    await conn.execute(
+                        text("SELECT count(DISTINCT event_id), count(*) FROM notifications")
+                    )
+                ).one()
+        await api.client.aclose()
+
+    webhook_ids = Counter(receiver.event_ids())
+    mail_ids = Counter(smtp.message_ids())
+    assert len(webhook_ids) == CHANGES
+    assert len(mail_ids) == CHANGES
+    assert {f"<{e}.{agent['id']}@tragwerk>" for e in webhook_ids} == set(mail_ids)
+    assert tuple(notified) == (CHANGES, CHANGES)  # one row per event and recipient, no copy
+    duplicates = sum(webhook_ids.values()) - CHANGES, sum(mail_ids.values()) - CHANGES
+    print(
+        f"\n{kills} SIGKILLs; all {CHANGES} events delivered by webhook and mail; "
+        f"re-sent copies (same idempotency key): webhooks {duplicates[0]}, mails {duplicates[1]}"
+    )
+    assert kills >= 5
+
+
+async def _queue_empty(url: str) -> bool:
+    return not await picked_or_queued(url)
+
+
+async def test_sigterm_lets_the_running_delivery_finish(database: str, tmp_path: Path) -> None:
+    with WebhookReceiver(lambda _n: (200, {}, 1.5)) as receiver:
+        api, app = await api_on(database)
+        async with app.router.lifespan_context(app):
+            await api.post(
+                "/v1/webhook-subscriptions",
+                {"url": receiver.url(), "secret": SECRET, "event_types": ["case.created"]},
+            )
+            port = free_port()
+            proc = start_worker(
+                worker_env(database, None, TRAGWERK_WORKER_PORT=str(port)),
+                tmp_path / "worker.log",
+            )
+            try:
+                ready = await eventually(lambda: _get(f"http://127.0.0.1:{port}/health/ready"))
+                assert ready.json()["checks"] == {"database": "ok", "queue": "ok"}
+                await api.case(await api.location())
+                await eventually(lambda: receiver.in_flight == 1)
+                proc.send_signal(signal.SIGTERM)
+                assert await asyncio.to_thread(proc.wait, 30) == 0
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        await api.client.aclose()
+    assert len(receiver.received) == 1
+    assert receiver.in_flight == 0
+    assert await picked_or_queued(database) == {}  # finished and recorded, not re-queued
+
+
+async def test_sigterm_past_the_grace_period_releases_the_job_at_once(
+    database: str, tmp_path: Path
+) -> None:
+    answers = {0: (200, {}, 6.0)}
+    with WebhookReceiver(lambda n: answers.get(n, (200, {}, 0.0))) as receiver:
+        api, app = await api_on(database)
+        async with app.router.lifespan_context(app):
+            await api.post(
+                "/v1/webhook-subscriptions",
+                {"url": receiver.url(), "secret": SECRET, "event_types": ["case.created"]},
+            )
+            env = worker_env(database, None, TRAGWERK_WORKER_GRACE_SECONDS="0.5")
+            proc = start_worker(env, tmp_path / "worker.log")
+            await api.case(await api.location())
+            await eventually(lambda: receiver.in_flight == 1)
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(proc.wait, 30) == 0
+            stopped_after = time.monotonic() - started
+            # Back in the queue right away, not after a heartbeat timeout.
+            assert await picked_or_queued(database) == {"queued": 1}
+            second = start_worker(env, tmp_path / "worker.log")
+            try:
+                await eventually(lambda: len(receiver.received) == 2)
+                await eventually(lambda: _queue_empty(database))
+            finally:
+                second.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(second.wait, 30)
+        await api.client.aclose()
+    ids = receiver.event_ids()
+    assert ids[0] == ids[1]  # the re-run carries the same idempotency key
+    assert stopped_after < 6.0
+
+
+async def _get(url: str) -> httpx.Response | None:
+    try:
+        async with httpx.AsyncClient() as client:
+            response = await client.get(url, timeout=2)
+    except httpx.HTTPError:
+        return None
+    return response if response.status_code == 200 else None
+
+
+async def test_held_jobs_from_the_command_line(database: str, tmp_path: Path) -> None:
+    with WebhookReceiver(lambda _n: (404, {}, 0.0)) as receiver:
+        api, app = await api_on(database)
+        async with app.router.lifespan_context(app):
+            await api.post(
+                "/v1/webhook-subscriptions",
+                {"url": receiver.url(), "secret": SECRET, "event_types": ["case.created"]},
+            )
+            env = worker_env(database, None)
+            proc = start_worker(env, tmp_path / "worker.log")
+            try:
+                await api.case(await api.location())
+                await eventually(lambda: _held_rows(database))
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(proc.wait, 30)
+        await api.client.aclose()
+    held = await jobs_cli(env, "held")
+    assert held.returncode == 0, held.stderr
+    lines = held.stdout.strip().splitlines()
+    assert len(lines) == 2, held.stdout
+    assert "webhook" in lines[1]
+    assert "receiver answered 404" in lines[1]
+    job_id = int(lines[1].split()[0])
+    missing = await jobs_cli(env, "requeue", "999999")
+    assert missing.returncode == 1
+    assert "not held" in missing.stderr
+    done = await jobs_cli(env, "requeue", str(job_id))
+    assert done.returncode == 0, done.stderr
+    assert f"requeued 1 job(s) [{job_id}]" in done.stdout
+    assert await picked_or_queued(database) == {"queued": 1}
+    usage = await jobs_cli(env, "requeue")
+    assert usage.returncode == 2
+
+
+async def jobs_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "tragwerk.cli", "jobs", *args]
+    return await asyncio.to_thread(
+        subprocess.run, command, env=env, capture_output=True, text=True, check=False
+    )
+
+
+async def _held_rows(url: str) -> bool:
+    return (await picked_or_queued(url)).get("failed", 0) == 1
