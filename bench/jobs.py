@@ -102,7 +102,7 @@ def tragwerk_enqueue(kind: str, count: int) -> None:
     asyncio.run(go())
 
 
-def tragwerk_setup(setting: str, concurrency: int) -> Setup:
+def tragwerk_setup(setting: str, *args: str) -> Setup:
     return Setup(
         "tragwerk (pgqueuer)",
         setting,
@@ -110,7 +110,7 @@ def tragwerk_setup(setting: str, concurrency: int) -> Setup:
             "DELETE FROM pgqueuer; DELETE FROM pgqueuer_log; DELETE FROM notifications"
         ),
         enqueue=tragwerk_enqueue,
-        worker=lambda: [PY, "-m", "tragwerk.cli", "worker", "--concurrency", str(concurrency)],
+        worker=lambda: [PY, "-m", "tragwerk.cli", "worker", *args],
         env={
             "TRAGWERK_DATABASE_URL": DSN,
             "TRAGWERK_WORKER_PORT": "0",
@@ -365,8 +365,10 @@ def prepare() -> None:
 
 def setups(only: set[str] | None) -> list[Setup]:
     all_setups = [
-        tragwerk_setup("defaults (--concurrency 50: batches of 25)", 50),
-        tragwerk_setup("tuned (--concurrency 200: batches of 100)", 200),
+        tragwerk_setup("defaults (concurrency 50, batches of 50)"),
+        tragwerk_setup(
+            "tuned (--concurrency 1000 --batch 500)", "--concurrency", "1000", "--batch", "500"
+        ),
         procrastinate_setup("defaults (concurrency 1)", 1),
         procrastinate_setup("tuned (concurrency 20)", 20),
         celery_setup("defaults (prefork pool, -c 1, prefetch 4)", ["-c", "1"]),
@@ -404,7 +406,7 @@ def main() -> None:
     if only is None or only - {"tragwerk"}:
         run(PY, "-m", "bench.job_peers.procrastinate_app", "schema", env=_peer_env())
     print(f"\nEnd-to-end throughput, {args.jobs:,} jobs, one worker process\n")
-    print(f"| queue | setting | job | jobs/s | enqueue jobs/s | worker start-up s |")
+    print("| queue | setting | job | jobs/s | enqueue jobs/s | worker start-up s |")
     print("|---|---|---|---:|---:|---:|")
     for setup in setups(only):
         for kind in args.kinds.split(","):

@@ -12,7 +12,7 @@ from psycopg_pool import AsyncConnectionPool
 from bench.job_peers import mark_done
 
 app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=os.environ["BENCH_DSN"]))
-_pool: AsyncConnectionPool | None = None
+_pools: list[AsyncConnectionPool] = []  # opened by the first realistic job
 
 
 @app.task(name="noop")
@@ -22,11 +22,11 @@ async def noop() -> None:
 
 @app.task(name="notify")
 async def notify() -> None:
-    global _pool
-    if _pool is None:
-        _pool = AsyncConnectionPool(os.environ["BENCH_DSN"], min_size=1, max_size=10, open=False)
-        await _pool.open()
-    async with _pool.connection() as conn:
+    if not _pools:
+        pool = AsyncConnectionPool(os.environ["BENCH_DSN"], min_size=1, max_size=10, open=False)
+        await pool.open()
+        _pools.append(pool)
+    async with _pools[0].connection() as conn:
         await conn.execute(
             "INSERT INTO notifications (user_id, kind, title, body) "
             "VALUES (%s, 'notice', 'bench', '')",

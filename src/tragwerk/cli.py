@@ -40,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--concurrency", type=int, help="jobs run at once (default TRAGWERK_WORKER_CONCURRENCY, 50)"
     )
+    worker.add_argument(
+        "--batch",
+        type=int,
+        help="jobs claimed per statement (default TRAGWERK_WORKER_BATCH, or min(100, concurrency))",
+    )
 
     jobs = sub.add_parser("jobs", help="held jobs: list them, queue them again")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
@@ -62,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one return per command
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911, PLR0912 - one per command
     args = _parser().parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -85,6 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
     if command == "api":
         return _api(settings, args.workers)
     if command == "worker":
+        if args.batch is not None and args.batch < 1:
+            print("tragwerk: --batch must be at least 1", file=sys.stderr)
+            return 2
+        if args.batch is not None:
+            settings = settings.with_overrides(worker_batch=args.batch)
         return _worker(settings, args.concurrency or settings.worker_concurrency)
     if command == "jobs":
         if args.jobs_command == "held":

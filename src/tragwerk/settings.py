@@ -99,7 +99,10 @@ class Settings:
     job_retry_base_seconds: float = 2.0
     job_retry_cap_seconds: float = 900.0
     job_heartbeat_timeout_seconds: float = 30.0
+    job_log_retention_hours: float = 72.0
     worker_concurrency: int = 50
+    # Jobs claimed per statement; 0: min(100, concurrency).
+    worker_batch: int = 0
     worker_port: int = 8001
     worker_grace_seconds: float = 20.0
     sla_scan_seconds: float = 30.0
@@ -160,7 +163,9 @@ class Settings:
             job_heartbeat_timeout_seconds=_float(
                 env, "TRAGWERK_JOB_HEARTBEAT_TIMEOUT_SECONDS", 30.0, 1.0
             ),
+            job_log_retention_hours=_float(env, "TRAGWERK_JOB_LOG_RETENTION_HOURS", 72.0, 0.01),
             worker_concurrency=_int(env, "TRAGWERK_WORKER_CONCURRENCY", 50, minimum=2),
+            worker_batch=_int(env, "TRAGWERK_WORKER_BATCH", 0, minimum=0),
             worker_port=_int(env, "TRAGWERK_WORKER_PORT", 8001, minimum=0),
             worker_grace_seconds=_float(env, "TRAGWERK_WORKER_GRACE_SECONDS", 20.0),
             sla_scan_seconds=_float(env, "TRAGWERK_SLA_SCAN_SECONDS", 30.0, 0.1),

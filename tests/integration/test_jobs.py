@@ -480,3 +480,24 @@ async def test_requeue_validates_its_body(fresh_url: str) -> None:
         token = await s.api.token_for(agent["id"])
         r = await s.api.get("/v1/admin/jobs", token=token)
         assert r.status_code == 403
+
+
+async def test_old_log_rows_are_pruned_but_a_held_jobs_error_stays(fresh_url: str) -> None:
+    with WebhookReceiver(lambda _n: (404, {}, 0.0)) as receiver:
+        settings = job_settings(fresh_url, None)
+        async with setup(fresh_url, settings) as s:
+            await s.subscribe(receiver.url(), ["case.created"])
+            await s.api.case(await s.api.location())
+            async with worker(settings, fresh_url):
+                await eventually(lambda: _held(s))
+            async with s.api.services.engine.begin() as conn:
+                await conn.execute(
+                    text("UPDATE pgqueuer_log SET created = created - interval '10 days'")
+                )
+            before = (await s.sql("SELECT count(*) FROM pgqueuer_log"))[0][0]
+            pruned = await s.api.services.jobs.prune_log(timedelta(days=3))
+            after = (await s.sql("SELECT count(*) FROM pgqueuer_log"))[0][0]
+            assert pruned > 0
+            assert after == before - pruned
+            held = await _held(s)
+            assert held[0]["last_error"] is not None  # the held job's rows were kept

@@ -9,7 +9,8 @@ from pgqueuer.domain.models import Job
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tragwerk.jobs.mail import Mailer
-from tragwerk.jobs.outcome import Handler, Permanent
+from tragwerk.jobs.outcome import Permanent
+from tragwerk.jobs.runner import Handler
 from tragwerk.jobs.webhooks import Deliverer
 from tragwerk.store.outbox import CASE_EVENT, EMAIL, NOOP, NOTIFICATION_ONLY, WEBHOOK
 from tragwerk.store.queries.events import fan_out, subscription_target

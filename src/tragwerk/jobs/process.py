@@ -95,7 +95,7 @@ async def serve_worker(settings: Settings, database_url: str, concurrency: int) 
             task.cancel()
         for task in done:
             if not task.cancelled() and task.exception() is not None:
-                log.error("the queue manager failed", error=repr(task.exception()))
+                log.error("the job runner failed", error=repr(task.exception()))
         failed = not stop.is_set() or worker.failed
         if failed:
             log.error("the queue connection failed; stopping so that a supervisor restarts us")

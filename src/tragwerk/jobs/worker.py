@@ -1,14 +1,12 @@
-"""A worker: claims jobs from the queue, runs them, and keeps the SLA monitor going.
+"""A worker: runs jobs from the queue (tragwerk.jobs.runner) and the SLA monitor.
 
-Built on pgqueuer's QueueManager: jobs are claimed with FOR UPDATE SKIP LOCKED in
-batches, highest priority first; each running job's heartbeat is refreshed, and a
+Jobs are claimed with FOR UPDATE SKIP LOCKED in batches, highest priority first; a
 job whose worker died (no heartbeat for `job_heartbeat_timeout_seconds`) is claimed
 again by another worker. Workers share nothing but the database, so more of them
 (`tragwerk worker` on more processes or machines) means more throughput.
 
 Stopping: `stop()` lets running jobs finish for `worker_grace_seconds`; jobs still
-running then are put back in the queue at once (not after a heartbeat timeout) and
-the queue connection is cut, so pgqueuer cannot record them as cancelled.
+running then are put back in the queue at once, not after a heartbeat timeout.
 """
 
 from __future__ import annotations
@@ -21,13 +19,12 @@ from datetime import timedelta
 import asyncpg
 import structlog
 from pgqueuer.adapters.persistence.queries import Queries
-from pgqueuer.core.qm import QueueManager
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tragwerk.domain.events import RetryPolicy
 from tragwerk.jobs.handlers import Handlers
 from tragwerk.jobs.mail import Mailer
-from tragwerk.jobs.outcome import outcome_of
+from tragwerk.jobs.runner import JobRunner, RunnerConfig
 from tragwerk.jobs.webhooks import Deliverer
 from tragwerk.monitoring.metrics import Metrics
 from tragwerk.resilience.breaker import CircuitBreakers
@@ -41,6 +38,7 @@ log = structlog.get_logger("tragwerk.worker")
 
 QUEUE_STATS_SECONDS = 5.0
 LISTENER_CHECK_SECONDS = 10.0
+LOG_PRUNE_SECONDS = 600.0
 LISTENER_FAILURES_ALLOWED = 3
 # A receiver's Retry-After is honoured up to this; beyond, it is taken as this.
 RETRY_AFTER_CEILING_SECONDS = 3600.0
@@ -67,7 +65,7 @@ class Worker:
         self.breakers = CircuitBreakers(settings.breaker_threshold, settings.breaker_open_seconds)
         self.reporter = metrics.module("worker")
         self._pool: asyncpg.Pool | None = None
-        self._manager: QueueManager | None = None
+        self._runner: JobRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._run: asyncio.Task[None] | None = None
         self._deliverer: Deliverer | None = None
@@ -76,8 +74,11 @@ class Worker:
 
     @property
     def batch_size(self) -> int:
-        # pgqueuer requires max_concurrent_tasks >= 2 * batch_size.
-        return max(1, min(100, self.concurrency // 2))
+        # Larger claims cost less database time per job (docs/performance.md) but hold
+        # more jobs per worker; 100 keeps a crashed worker's share small.
+        if self.settings.worker_batch:
+            return min(self.settings.worker_batch, self.concurrency)
+        return max(1, min(100, self.concurrency))
 
     def _handlers(self) -> Handlers:
         s = self.settings
@@ -99,14 +100,19 @@ class Worker:
             max_size=4,
             server_settings={"application_name": "tragwerk-worker"},
         )
-        manager = QueueManager(Queries.from_asyncpg_pool(self._pool))
         policy = RetryPolicy(s.job_max_attempts, s.job_retry_base_seconds, s.job_retry_cap_seconds)
-        for kind, handler in self._handlers().by_kind().items():
-            manager.entrypoint(kind, on_failure="hold", accepts_context=False)(
-                outcome_of(kind, handler, policy, self.metrics.jobs)
-            )
-        self._manager = manager
-        self._run = asyncio.create_task(self._run_manager(), name="tragwerk-worker")
+        self._runner = JobRunner(
+            Queries.from_asyncpg_pool(self._pool),
+            dict(self._handlers().by_kind()),
+            RunnerConfig(
+                concurrency=self.concurrency,
+                batch_size=self.batch_size,
+                heartbeat_timeout=s.job_heartbeat_timeout_seconds,
+            ),
+            policy,
+            self.metrics.jobs,
+        )
+        self._run = asyncio.create_task(self._run_jobs(), name="tragwerk-worker")
         self._tasks.append(asyncio.create_task(self._refresh_queue_stats()))
         self._tasks.append(asyncio.create_task(self._watch_listener()))
         if self.sla_monitor:
@@ -117,59 +123,45 @@ class Worker:
             "worker started",
             concurrency=self.concurrency,
             batch_size=self.batch_size,
-            queue_manager_id=str(manager.queue_manager_id),
+            queue_manager_id=str(self._runner.queue_manager_id),
         )
 
     async def _until_listening(self, within: float = 15.0) -> None:
         """Return once the queue's LISTEN connection receives our NOTIFY probe."""
-        assert self._manager is not None
+        assert self._runner is not None
         assert self._run is not None
         deadline = asyncio.get_running_loop().time() + within
         while True:
             if self._run.done():
-                await self._run  # raises why the queue manager could not start
-                raise RuntimeError("the queue manager stopped while starting")
+                await self._run  # raises why the runner could not start
+                raise RuntimeError("the job runner stopped while starting")
             try:
-                await self._manager.listener_healthy(timeout=timedelta(seconds=0.5))
+                await self._runner.probe(within=0.5)
                 return
             except Exception:
                 if asyncio.get_running_loop().time() > deadline:
                     raise
 
-    async def _run_manager(self) -> None:
-        assert self._manager is not None
+    async def _run_jobs(self) -> None:
+        assert self._runner is not None
         try:
             with self.reporter.operation("run"):
-                await self._manager.run(
-                    batch_size=self.batch_size,
-                    max_concurrent_tasks=self.concurrency,
-                    heartbeat_timeout=timedelta(
-                        seconds=self.settings.job_heartbeat_timeout_seconds
-                    ),
-                    # Also the longest a deferred retry may wait past its time when its
-                    # wake-up notification raced with a claim (seen in tests): one cheap
-                    # poll per second bounds that.
-                    dequeue_timeout=timedelta(seconds=1),
-                    # pgqueuer's own listener check starts before its LISTEN is in
-                    # place and so fails at random 10 s after start (seen here: every
-                    # worker stopped after 10 s); _watch_listener checks instead.
-                    shutdown_on_listener_failure=False,
-                )
+                await self._runner.run()
         finally:
             self.connected = False
             self.reporter.set_healthy(False)
 
     async def wait(self) -> None:
-        """Return when the queue manager stops (asked to, or its connection failed)."""
+        """Return when the job runner stops (asked to, or its connection failed)."""
         assert self._run is not None
         await asyncio.shield(self._run)
 
     async def ready(self) -> str:
         """'ok' when the queue connection round-trips a NOTIFY, else why not."""
-        if self._manager is None or not self.connected:
+        if self._runner is None or not self.connected:
             return "stopped"
         try:
-            await self._manager.listener_healthy(timeout=timedelta(seconds=2))
+            await self._runner.probe(within=2.0)
         except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
             return f"failing: {type(exc).__name__}"
         return "ok"
@@ -178,37 +170,37 @@ class Worker:
         grace = self.settings.worker_grace_seconds if grace is None else grace
         for task in self._tasks:
             task.cancel()
-        if self._manager is not None and self._run is not None:
-            self._manager.shutdown.set()
-            done, _ = await asyncio.wait({self._run}, timeout=grace)
-            if not done:
-                released = await self.jobs.release(self._manager.queue_manager_id)
-                log.warning("grace period over; released running jobs", released=released)
-                if self._pool is not None:
-                    self._pool.terminate()
-                self._run.cancel()
+        if self._runner is not None and self._run is not None:
+            self._runner.request_stop()
             with contextlib.suppress(BaseException):
                 await self._run
+            try:
+                leftover = await self._runner.drain(grace)
+                if leftover:
+                    released = await self.jobs.release(self._runner.queue_manager_id)
+                    log.warning("grace period over; released running jobs", released=released)
+            except Exception as exc:  # noqa: BLE001 - unrecorded jobs run again after a heartbeat timeout
+                log.error("could not record the last outcomes", error=repr(exc))
         for task in self._tasks:
             with contextlib.suppress(BaseException):
                 await task
         if self._deliverer is not None:
             await self._deliverer.close()
         if self._pool is not None:
-            self._pool.terminate()
+            await self._pool.close()
 
     async def _watch_listener(self) -> None:
-        """Stop the queue manager when its LISTEN connection stops hearing our probes.
+        """Stop the job runner when its LISTEN connection stops hearing our probes.
 
         A worker without its listener would only poll; stopping makes the process exit
         with status 1, so that its supervisor starts a fresh one.
         """
-        assert self._manager is not None
+        assert self._runner is not None
         failures = 0
         while True:
             await asyncio.sleep(LISTENER_CHECK_SECONDS)
             try:
-                await self._manager.listener_healthy(timeout=timedelta(seconds=5))
+                await self._runner.probe(within=5.0)
             except Exception as exc:  # noqa: BLE001 - counted; three in a row stop us
                 failures += 1
                 self.reporter.count("listener_probe_failed")
@@ -216,17 +208,26 @@ class Worker:
                 if failures >= LISTENER_FAILURES_ALLOWED:
                     self.failed = True
                     self.reporter.set_healthy(False)
-                    self._manager.shutdown.set()
+                    self._runner.request_stop()
                     return
             else:
                 failures = 0
 
     async def _refresh_queue_stats(self) -> None:
+        keep = timedelta(hours=self.settings.job_log_retention_hours)
+        next_prune = 0.0
         while True:
             try:
                 self.metrics.jobs.refresh_queue(await self.jobs.stats())
-            except Exception as exc:  # noqa: BLE001 - figures are best effort; retried
-                log.warning("queue figures unavailable", error=repr(exc))
+                now = asyncio.get_running_loop().time()
+                if now >= next_prune:
+                    pruned = await self.jobs.prune_log(keep)
+                    # Keep going while there is a backlog; otherwise look again later.
+                    next_prune = now if pruned else now + LOG_PRUNE_SECONDS
+                    if pruned:
+                        self.reporter.count("log_rows_pruned", pruned)
+            except Exception as exc:  # noqa: BLE001 - best effort; tried again
+                log.warning("queue upkeep failed", error=repr(exc))
             await asyncio.sleep(QUEUE_STATS_SECONDS)
 
     async def _monitor_sla(self) -> None:

@@ -8,6 +8,7 @@ the newest traceback in pgqueuer_log.
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -52,6 +53,22 @@ _RELEASE = text(
     UPDATE pgqueuer
     SET status = 'queued', queue_manager_id = NULL, slot = NULL, updated = now()
     WHERE queue_manager_id = :manager AND status = 'picked'
+    """
+)
+
+# pgqueuer writes a log row per job and state and never deletes them; rows past the
+# retention go, in slices, except those of jobs still in the queue (a held job's last
+# error lives there). One worker at a time: the advisory lock makes the rest skip.
+_PRUNE = text(
+    """
+    WITH guard AS (SELECT pg_try_advisory_xact_lock(7215000002) AS proceed),
+    doomed AS (
+        SELECT l.id FROM pgqueuer_log l, guard
+        WHERE guard.proceed AND l.created < now() - CAST(:keep AS interval)
+          AND NOT EXISTS (SELECT 1 FROM pgqueuer j WHERE j.id = l.job_id)
+        LIMIT :slice
+    )
+    DELETE FROM pgqueuer_log WHERE id IN (SELECT id FROM doomed)
     """
 )
 
@@ -106,6 +123,12 @@ class JobStore:
         """Put the jobs a stopping worker still holds back in the queue, at once."""
         async with self._engine.begin() as conn:
             result = await conn.execute(_RELEASE, {"manager": queue_manager_id})
+            return int(result.rowcount)
+
+    async def prune_log(self, keep: timedelta, slice_rows: int = 10_000) -> int:
+        """Delete one slice of job log rows older than `keep`; how many went."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(_PRUNE, {"keep": keep, "slice": slice_rows})
             return int(result.rowcount)
 
     async def stats(self) -> list[Row]:
