@@ -67,7 +67,9 @@ def sql(statement: str) -> None:
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> None:
-    subprocess.run(args, check=True, cwd=ROOT, env={**os.environ, **(env or {})})
+    subprocess.run(
+        args, check=True, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL
+    )
 
 
 # --- tragwerk -------------------------------------------------------------------------
@@ -285,9 +287,13 @@ def throughput(setup: Setup, kind: str, count: int) -> dict[str, float]:
 
 
 def write_latency(samples: int) -> dict[str, float]:
+    import orjson
+    from sqlalchemy import text
+
     from tragwerk.domain.cases import Priority, SlaPolicy
     from tragwerk.domain.observability import SilentReporter
     from tragwerk.store.database import create_engine
+    from tragwerk.store.outbox import NOTIFICATION_ONLY, Job, enqueue
     from tragwerk.store.queries.cases import CaseStore
 
     async def go() -> dict[str, float]:
@@ -295,7 +301,7 @@ def write_latency(samples: int) -> dict[str, float]:
         try:
             async with engine.begin() as conn:
                 location = await conn.scalar(
-                    __import__("sqlalchemy").text(
+                    text(
                         "INSERT INTO locations (name, country_code, time_zone) "
                         "VALUES ('bench', 'DE', 'Europe/Berlin') RETURNING id"
                     )
@@ -306,6 +312,8 @@ def write_latency(samples: int) -> dict[str, float]:
                 "without": CaseStore(engine, SilentReporter(), SlaPolicy(), emit_events=False),
             }
             times: dict[str, list[float]] = {name: [] for name in stores}
+            times["enqueue statement alone"] = []
+            event = orjson.dumps({"user_id": user, "title": "latency"})
             for i in range(samples + 50):
                 for name, store in stores.items():
                     started = time.perf_counter()
@@ -320,6 +328,12 @@ def write_latency(samples: int) -> dict[str, float]:
                     )
                     if i >= 50:  # warm-up: connections, prepared statements
                         times[name].append(time.perf_counter() - started)
+                async with engine.begin() as conn:
+                    await conn.execute(text("SELECT 1"))
+                    started = time.perf_counter()
+                    await enqueue(conn, [Job(NOTIFICATION_ONLY, event, 200)])
+                    if i >= 50:
+                        times["enqueue statement alone"].append(time.perf_counter() - started)
         finally:
             await engine.dispose()
         result: dict[str, float] = {}

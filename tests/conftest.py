@@ -6,6 +6,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,19 +85,27 @@ async def drop_database(admin_url: str, url: str) -> None:
         await conn.close()
 
 
-@pytest.fixture(scope="session", params=BACKENDS)
-async def database_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
-    """A fresh, migrated database on each PostgreSQL backend (service and embedded)."""
-    admin_url = _admin_url(request.param, request)
-    url = await create_database(admin_url)
+@asynccontextmanager
+async def migrated_database(admin_url: str, prefix: str = "tragwerk_t") -> AsyncIterator[str]:
+    """A new database on `admin_url`'s server, migrated to head; dropped afterwards."""
+    url = await create_database(admin_url, prefix)
     ADMIN_URL_OF[url] = admin_url
     engine = create_engine(url, pool_size=1, max_overflow=0)
     try:
         await upgrade(engine)
     finally:
         await engine.dispose()
-    yield url
-    await drop_database(admin_url, url)
+    try:
+        yield url
+    finally:
+        await drop_database(admin_url, url)
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+async def database_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """A fresh, migrated database on each PostgreSQL backend (service and embedded)."""
+    async with migrated_database(_admin_url(request.param, request)) as url:
+        yield url
 
 
 @dataclass

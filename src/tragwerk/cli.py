@@ -306,23 +306,30 @@ def _up(settings: Settings) -> int:
     return _with_database(settings, run)
 
 
-def _api(settings: Settings, workers: int) -> int:
+def _refuse_shared(settings: Settings, command: str, hint: str) -> bool:
+    """Say why `command` cannot serve the shared database, if it cannot; True then."""
     if settings.database_url is None:
         print(
-            "tragwerk: 'api' serves a shared database; set TRAGWERK_DATABASE_URL "
-            "(or use 'tragwerk up' for the embedded one)",
+            f"tragwerk: '{command}' serves a shared database; set TRAGWERK_DATABASE_URL ({hint})",
             file=sys.stderr,
         )
-        return 2
-    if workers < 1:
-        print("tragwerk: --workers must be at least 1", file=sys.stderr)
-        return 2
-    import uvicorn
-
+        return True
     behind = asyncio.run(_schema_behind(settings.database_url))
     if behind:
         print(f"tragwerk: {behind}; run 'tragwerk migrate' first", file=sys.stderr)
+        return True
+    return False
+
+
+def _api(settings: Settings, workers: int) -> int:
+    if workers < 1:
+        print("tragwerk: --workers must be at least 1", file=sys.stderr)
         return 2
+    if _refuse_shared(settings, "api", "or use 'tragwerk up' for the embedded one"):
+        return 2
+    assert settings.database_url is not None
+    import uvicorn
+
     if workers == 1:
         _serve(settings, settings.database_url)
         return 0
@@ -342,20 +349,12 @@ def _api(settings: Settings, workers: int) -> int:
 
 
 def _worker(settings: Settings, concurrency: int) -> int:
-    if settings.database_url is None:
-        print(
-            "tragwerk: 'worker' serves a shared database; set TRAGWERK_DATABASE_URL "
-            "('tragwerk up' runs a worker inside its own process)",
-            file=sys.stderr,
-        )
-        return 2
     if concurrency < 2:
         print("tragwerk: --concurrency must be at least 2", file=sys.stderr)
         return 2
-    behind = asyncio.run(_schema_behind(settings.database_url))
-    if behind:
-        print(f"tragwerk: {behind}; run 'tragwerk migrate' first", file=sys.stderr)
+    if _refuse_shared(settings, "worker", "'tragwerk up' runs a worker inside its own process"):
         return 2
+    assert settings.database_url is not None
     from tragwerk.jobs.process import serve_worker
 
     return asyncio.run(serve_worker(settings, settings.database_url, concurrency))

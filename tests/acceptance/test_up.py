@@ -82,13 +82,26 @@ def test_up_starts_everything_and_ctrl_c_stops_everything(tmp_path: Path) -> Non
             headers=headers,
             json={"name": "Berlin", "country_code": "DE", "time_zone": "Europe/Berlin"},
         ).json()
+        me = httpx.get(f"{base}/v1/users/me", headers=headers).json()
         r = httpx.post(
             f"{base}/v1/cases",
             headers=headers,
-            json={"title": "First case", "location_id": loc["id"]},
+            json={"title": "First case", "location_id": loc["id"], "assignee_ids": [me["id"]]},
         )
         assert r.status_code == 201, r.text
         assert _postgres_running(tmp_path / "data" / "pgdata")
+        # The worker inside `up` turns the event into the assignee's notification.
+        ready = httpx.get(f"{base}/health/ready").json()
+        assert ready["checks"]["worker"] == "ok", ready
+        deadline = time.monotonic() + 20
+        while True:
+            listed = httpx.get(f"{base}/v1/notifications", headers=headers)
+            assert listed.status_code == 200, listed.text
+            if items := listed.json()["items"]:
+                break
+            assert time.monotonic() < deadline, "no notification from the in-process worker"
+            time.sleep(0.2)
+        assert items[0]["kind"] == "case.created"
     finally:
         if proc.poll() is None:
             out = _interrupt(proc)

@@ -28,15 +28,12 @@ from tests.conftest import (
     SERVICE_PG_ADMIN_URL,
     Api,
     connect_raw,
-    create_database,
-    drop_database,
     make_api,
+    migrated_database,
 )
 from tests.receivers import SmtpSink, WebhookReceiver, eventually
 from tests.services import SERVICE_PG_HOST, SERVICE_PG_PORT, free_port, require_service
 from tragwerk.settings import Settings
-from tragwerk.store.database import create_engine
-from tragwerk.store.migrate import upgrade
 
 CHANGES = 2_000
 SECRET = "chaos-secret-0123456789"
@@ -45,14 +42,8 @@ SECRET = "chaos-secret-0123456789"
 @pytest.fixture
 async def database(tmp_path: Path) -> AsyncIterator[str]:
     require_service("PostgreSQL", SERVICE_PG_HOST, SERVICE_PG_PORT)
-    url = await create_database(SERVICE_PG_ADMIN_URL, prefix="tragwerk_workers")
-    engine = create_engine(url, pool_size=1)
-    try:
-        await upgrade(engine)
-    finally:
-        await engine.dispose()
-    yield url
-    await drop_database(SERVICE_PG_ADMIN_URL, url)
+    async with migrated_database(SERVICE_PG_ADMIN_URL, "tragwerk_workers") as url:
+        yield url
 
 
 def worker_env(url: str, smtp: SmtpSink | None, **extra: str) -> dict[str, str]:

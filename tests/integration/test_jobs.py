@@ -18,14 +18,13 @@ import orjson
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import ADMIN_URL_OF, GENEROUS, Api, create_database, drop_database, make_api
+from tests.conftest import ADMIN_URL_OF, GENEROUS, Api, make_api, migrated_database
 from tests.receivers import SmtpSink, WebhookReceiver, eventually
 from tragwerk.jobs.mail import message_id
 from tragwerk.jobs.worker import Worker
 from tragwerk.monitoring.metrics import Metrics
 from tragwerk.settings import Settings
 from tragwerk.store.database import create_engine
-from tragwerk.store.migrate import upgrade
 from tragwerk.store.outbox import NOTIFICATION_ONLY, Job, enqueue
 from tragwerk.store.queries.sla import raise_alerts
 
@@ -52,15 +51,8 @@ def job_settings(url: str, smtp: SmtpSink | None, **overrides: Any) -> Settings:
 
 @pytest.fixture
 async def fresh_url(database_url: str) -> AsyncIterator[str]:
-    admin = ADMIN_URL_OF[database_url]
-    url = await create_database(admin, prefix="tragwerk_jobs")
-    engine = create_engine(url, pool_size=1)
-    try:
-        await upgrade(engine)
-    finally:
-        await engine.dispose()
-    yield url
-    await drop_database(admin, url)
+    async with migrated_database(ADMIN_URL_OF[database_url], "tragwerk_jobs") as url:
+        yield url
 
 
 @dataclass
@@ -178,6 +170,10 @@ async def test_events_become_mail_notifications_and_signed_webhooks(fresh_url: s
                     (bob["id"], "case.status_changed"),
                 ]
             )
+            # ... listed for the recipient, with the event they came from.
+            listed = await s.api.get("/v1/notifications", token=await s.api.token_for(alice["id"]))
+            assert listed.status_code == 200, listed.text
+            assert {n["event_id"] for n in listed.json()["items"]} == set(receiver.event_ids())
             # Webhooks: signed over "<timestamp>.<body>" with the subscription's secret.
             for delivery in receiver.received:
                 headers = {k.lower(): v for k, v in delivery.headers.items()}
@@ -501,3 +497,31 @@ async def test_old_log_rows_are_pruned_but_a_held_jobs_error_stays(fresh_url: st
             assert after == before - pruned
             held = await _held(s)
             assert held[0]["last_error"] is not None  # the held job's rows were kept
+
+
+async def test_the_breaker_stops_calling_a_failing_host(fresh_url: str) -> None:
+    with WebhookReceiver(lambda _n: (503, {}, 0.0)) as receiver:
+        settings = job_settings(
+            fresh_url,
+            None,
+            breaker_threshold=2,
+            breaker_open_seconds=60.0,
+            job_max_attempts=50,
+            worker_concurrency=1,  # one call at a time: none is in flight as the circuit opens
+        )
+        async with setup(fresh_url, settings) as s:
+            await s.subscribe(receiver.url(), ["case.created"])
+            location = await s.api.location()
+            for _ in range(3):
+                await s.api.case(location)
+            async with worker(settings, fresh_url) as w:
+                # Two failures open the circuit; the third delivery and the retries are
+                # not sent but deferred until the circuit lets a probe through.
+                await eventually(lambda: w.metrics.jobs.count("webhook", "retried") >= 5)
+                assert len(receiver.received) == 2
+                assert w.breakers.open_hosts() == 1
+                deferred = await s.sql(
+                    "SELECT count(*) FROM pgqueuer WHERE entrypoint = 'webhook' "
+                    "AND execute_after > now() + interval '50 seconds'"
+                )
+                assert deferred[0][0] == 3

@@ -304,6 +304,9 @@ class Notification(BaseModel):
     body: str
     created_at: datetime
     read_at: datetime | None
+    event_id: str | None = Field(
+        description="the event this notification came from (the webhook's X-Tragwerk-Event-Id)"
+    )
 
 
 class NotificationPage(BaseModel):

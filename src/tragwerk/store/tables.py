@@ -147,7 +147,8 @@ notifications = Table(
     Column("body", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("read_at", DateTime(timezone=True), nullable=True),
-    Column("event_id", Uuid, nullable=True),
+    # as_uuid=False: read as text, which the JSON responses take as it is.
+    Column("event_id", Uuid(as_uuid=False), nullable=True),
 )
 
 sla_alerts = Table(
