@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import asyncpg
 import orjson
 from pgqueuer.domain.models import Job
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -13,7 +14,6 @@ from tragwerk.jobs.outcome import Permanent
 from tragwerk.jobs.runner import Handler
 from tragwerk.jobs.webhooks import Deliverer
 from tragwerk.store.outbox import CASE_EVENT, EMAIL, NOOP, NOTIFICATION_ONLY, WEBHOOK
-from tragwerk.store.queries import read_only
 from tragwerk.store.queries.events import fan_out, subscription_target
 from tragwerk.store.queries.notifications import insert_plain
 
@@ -23,9 +23,8 @@ class Handlers:
     engine: AsyncEngine
     mailer: Mailer | None
     deliverer: Deliverer
-
-    def __post_init__(self) -> None:
-        self._autocommit = read_only(self.engine)
+    # asyncpg pool for single statements that need no SQLAlchemy (the benchmark job)
+    direct: asyncpg.Pool
 
     def by_kind(self) -> dict[str, Handler]:
         return {
@@ -59,4 +58,4 @@ class Handlers:
     async def notification(self, job: Job) -> None:
         """Writes one notification row: a realistic small job (bench/jobs.py)."""
         payload = orjson.loads(job.payload or b"{}")
-        await insert_plain(self._autocommit, payload["user_id"], payload["title"])
+        await insert_plain(self.direct, payload["user_id"], payload["title"])

@@ -65,6 +65,7 @@ class Worker:
         self.breakers = CircuitBreakers(settings.breaker_threshold, settings.breaker_open_seconds)
         self.reporter = metrics.module("worker")
         self._pool: asyncpg.Pool | None = None
+        self._direct: asyncpg.Pool | None = None
         self._runner: JobRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._run: asyncio.Task[None] | None = None
@@ -90,7 +91,8 @@ class Worker:
             s.webhook_read_timeout_seconds,
             retry_ceiling=RETRY_AFTER_CEILING_SECONDS,
         )
-        return Handlers(self.engine, mailer, self._deliverer)
+        assert self._direct is not None
+        return Handlers(self.engine, mailer, self._deliverer, self._direct)
 
     async def start(self) -> None:
         s = self.settings
@@ -98,6 +100,12 @@ class Worker:
             plain_url(self.database_url),
             min_size=2,
             max_size=4,
+            server_settings={"application_name": "tragwerk-worker"},
+        )
+        self._direct = await asyncpg.create_pool(
+            plain_url(self.database_url),
+            min_size=1,
+            max_size=max(2, min(10, self.concurrency)),
             server_settings={"application_name": "tragwerk-worker"},
         )
         policy = RetryPolicy(s.job_max_attempts, s.job_retry_base_seconds, s.job_retry_cap_seconds)
@@ -186,8 +194,9 @@ class Worker:
                 await task
         if self._deliverer is not None:
             await self._deliverer.close()
-        if self._pool is not None:
-            await self._pool.close()
+        for pool in (self._pool, self._direct):
+            if pool is not None:
+                await pool.close()
 
     async def _watch_listener(self) -> None:
         """Stop the job runner when its LISTEN connection stops hearing our probes.
