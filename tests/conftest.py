@@ -158,6 +158,31 @@ class Api:
         assert r.status_code == 201, r.text
         return str(r.json()["token"])
 
+    async def internal_token(self, prefix: str = "svc") -> str:
+        """A token of a new internal service client with the agent role."""
+        roles = {r["name"]: r["id"] for r in (await self.get("/v1/roles")).json()}
+        client = await self.post(
+            "/v1/service-clients",
+            {
+                "name": f"{prefix}-{uuid.uuid4().hex[:8]}",
+                "role_id": roles["agent"],
+                "internal": True,
+            },
+        )
+        assert client.status_code == 201, client.text
+        r = await self.post("/v1/tokens", {"name": "t", "service_client_id": client.json()["id"]})
+        assert r.status_code == 201, r.text
+        return str(r.json()["token"])
+
+    async def subscribe(self, url: str, secret: str, events: list[str] | None = None) -> int:
+        """A webhook subscription to `url` for `events` (all by default); its id."""
+        r = await self.post(
+            "/v1/webhook-subscriptions",
+            {"url": url, "secret": secret, "event_types": events or ["*"]},
+        )
+        assert r.status_code == 201, r.text
+        return int(r.json()["id"])
+
     async def case(self, location_id: int, **fields: Any) -> dict[str, Any]:
         r = await self.post(
             "/v1/cases", {"title": "Broken printer", "location_id": location_id, **fields}

@@ -6,8 +6,10 @@ blocking or a worker's retries do not distort what they see.
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
+import inspect
 import threading
 import time
 from collections.abc import Callable
@@ -37,8 +39,6 @@ class SmtpSink:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
         if self.delay:
-            import asyncio
-
             await asyncio.sleep(self.delay)
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         with self._lock:
@@ -131,9 +131,6 @@ class WebhookReceiver:
 
 async def eventually(check: Callable[[], Any], within: float = 20.0, every: float = 0.05) -> Any:
     """Poll `check` (sync or async) until it returns something truthy; fail after `within` s."""
-    import asyncio
-    import inspect
-
     deadline = time.monotonic() + within
     last: Any = None
     while time.monotonic() < deadline:

@@ -7,10 +7,16 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from tragwerk.settings import Settings, SettingsError
+
+if TYPE_CHECKING:  # imported where used at run time: commands stay fast to start
+    from tragwerk.store.queries.jobs import JobStore
+
+T = TypeVar("T")
 
 ADMIN_EMAIL = "admin@localhost"
 
@@ -360,24 +366,29 @@ def _worker(settings: Settings, concurrency: int) -> int:
     return asyncio.run(serve_worker(settings, settings.database_url, concurrency))
 
 
-def _jobs_held(url: str, limit: int) -> int:
+def _on_jobs(url: str, action: Callable[[JobStore], Awaitable[T]]) -> T:
+    """Run one JobStore action on a one-connection engine, for the `jobs` commands."""
     from tragwerk.store.database import create_engine
     from tragwerk.store.queries.jobs import JobStore
 
-    async def go() -> list[dict[str, object]]:
+    async def go() -> T:
         engine = create_engine(url, pool_size=1)
         try:
-            return await JobStore(engine).held(0, limit)
+            return await action(JobStore(engine))
         finally:
             await engine.dispose()
 
-    rows = asyncio.run(go())
+    return asyncio.run(go())
+
+
+def _jobs_held(url: str, limit: int) -> int:
+    rows = _on_jobs(url, lambda jobs: jobs.held(0, limit))
     if not rows:
         print("tragwerk: no held jobs", file=sys.stderr)
         return 0
     print(f"{'id':>10}  {'kind':<11} {'attempts':>8}  {'held since':<19}  last error")
     for row in rows:
-        since = row["updated"].strftime("%Y-%m-%d %H:%M:%S")  # type: ignore[attr-defined]
+        since = row["updated"].strftime("%Y-%m-%d %H:%M:%S")
         print(
             f"{row['id']:>10}  {row['kind']!s:<11} {row['attempts']:>8}  {since:<19}  "
             f"{row['last_error'] or '-'}"
@@ -386,17 +397,7 @@ def _jobs_held(url: str, limit: int) -> int:
 
 
 def _jobs_requeue(url: str, ids: list[int] | None) -> int:
-    from tragwerk.store.database import create_engine
-    from tragwerk.store.queries.jobs import JobStore
-
-    async def go() -> list[int]:
-        engine = create_engine(url, pool_size=1)
-        try:
-            return await JobStore(engine).requeue(ids)
-        finally:
-            await engine.dispose()
-
-    requeued = asyncio.run(go())
+    requeued = _on_jobs(url, lambda jobs: jobs.requeue(ids))
     print(f"tragwerk: requeued {len(requeued)} job(s) {requeued if requeued else ''}".rstrip())
     if ids:
         missing = sorted(set(ids) - set(requeued))

@@ -94,11 +94,7 @@ async def test_sigkill_at_random_loses_no_delivery(database: str, tmp_path: Path
     with SmtpSink() as smtp, WebhookReceiver() as receiver:
         api, app = await api_on(database)
         async with app.router.lifespan_context(app):
-            r = await api.post(
-                "/v1/webhook-subscriptions",
-                {"url": receiver.url(), "secret": SECRET, "event_types": ["*"]},
-            )
-            assert r.status_code == 201
+            await api.subscribe(receiver.url(), SECRET)
             location = await api.location()
             agent = await api.user()
             env = worker_env(database, smtp)
@@ -187,10 +183,7 @@ async def test_sigterm_lets_the_running_delivery_finish(database: str, tmp_path:
     with WebhookReceiver(lambda _n: (200, {}, 1.5)) as receiver:
         api, app = await api_on(database)
         async with app.router.lifespan_context(app):
-            await api.post(
-                "/v1/webhook-subscriptions",
-                {"url": receiver.url(), "secret": SECRET, "event_types": ["case.created"]},
-            )
+            await api.subscribe(receiver.url(), SECRET, ["case.created"])
             port = free_port()
             proc = start_worker(
                 worker_env(database, None, TRAGWERK_WORKER_PORT=str(port)),
@@ -219,10 +212,7 @@ async def test_sigterm_past_the_grace_period_releases_the_job_at_once(
     with WebhookReceiver(lambda n: answers.get(n, (200, {}, 0.0))) as receiver:
         api, app = await api_on(database)
         async with app.router.lifespan_context(app):
-            await api.post(
-                "/v1/webhook-subscriptions",
-                {"url": receiver.url(), "secret": SECRET, "event_types": ["case.created"]},
-            )
+            await api.subscribe(receiver.url(), SECRET, ["case.created"])
             env = worker_env(database, None, TRAGWERK_WORKER_GRACE_SECONDS="0.5")
             proc = start_worker(env, tmp_path / "worker.log")
             await api.case(await api.location())
@@ -259,10 +249,7 @@ async def test_held_jobs_from_the_command_line(database: str, tmp_path: Path) ->
     with WebhookReceiver(lambda _n: (404, {}, 0.0)) as receiver:
         api, app = await api_on(database)
         async with app.router.lifespan_context(app):
-            await api.post(
-                "/v1/webhook-subscriptions",
-                {"url": receiver.url(), "secret": SECRET, "event_types": ["case.created"]},
-            )
+            await api.subscribe(receiver.url(), SECRET, ["case.created"])
             env = worker_env(database, None)
             proc = start_worker(env, tmp_path / "worker.log")
             try:

@@ -66,12 +66,7 @@ class Setup:
             return list((await conn.execute(text(statement), params)).all())
 
     async def subscribe(self, url: str, events: list[str] | None = None) -> int:
-        r = await self.api.post(
-            "/v1/webhook-subscriptions",
-            {"url": url, "secret": SECRET, "event_types": events or ["*"]},
-        )
-        assert r.status_code == 201, r.text
-        return int(r.json()["id"])
+        return await self.api.subscribe(url, SECRET, events)
 
 
 @asynccontextmanager
@@ -470,8 +465,16 @@ async def test_requeue_validates_its_body(fresh_url: str) -> None:
             assert r.status_code == 422, (body, r.text)
         r = await s.api.post("/v1/admin/jobs/requeue", {"all": True})
         assert r.json() == {"requeued": []}
-        r = await s.api.get("/v1/admin/jobs?state=running")
+        for query in ("state=running", "after=-1", "limit=0", "limit=501"):
+            r = await s.api.get(f"/v1/admin/jobs?{query}")
+            assert r.status_code == 422, (query, r.text)
+        # A subscription to an event that does not exist is refused and not stored.
+        r = await s.api.post(
+            "/v1/webhook-subscriptions",
+            {"url": "https://example.test/h", "secret": SECRET, "event_types": ["case.deleted"]},
+        )
         assert r.status_code == 422
+        assert (await s.api.get("/v1/webhook-subscriptions")).json() == []
         agent = await s.api.user()
         token = await s.api.token_for(agent["id"])
         r = await s.api.get("/v1/admin/jobs", token=token)

@@ -83,14 +83,7 @@ async def test_each_token_and_tier_has_its_own_budget(api: Api, limited: Api) ->
         await limited.get("/v1/locations", token=first)
     assert (await limited.get("/v1/locations", token=first)).status_code == 429
     assert (await limited.get("/v1/locations", token=second)).status_code == 200
-    roles = {r["name"]: r["id"] for r in (await api.get("/v1/roles")).json()}
-    client = await api.post(
-        "/v1/service-clients",
-        {"name": f"svc-{time.monotonic_ns()}", "role_id": roles["agent"], "internal": True},
-    )
-    svc_token = (
-        await api.post("/v1/tokens", {"name": "t", "service_client_id": client.json()["id"]})
-    ).json()["token"]
+    svc_token = await api.internal_token()
     r = await limited.get("/v1/locations", token=svc_token)
     assert r.headers["ratelimit-policy"] == '"internal";q=40;w=60'
 
@@ -210,14 +203,7 @@ async def test_redis_stopping_mid_way_falls_back_per_tier(
 async def test_a_saturated_instance_serves_the_internal_lane_and_sheds_bulk(
     api: Api, database_url: str
 ) -> None:
-    roles = {r["name"]: r["id"] for r in (await api.get("/v1/roles")).json()}
-    client = await api.post(
-        "/v1/service-clients",
-        {"name": f"sla-{uuid.uuid4().hex[:8]}", "role_id": roles["agent"], "internal": True},
-    )
-    internal = (
-        await api.post("/v1/tokens", {"name": "t", "service_client_id": client.json()["id"]})
-    ).json()["token"]
+    internal = await api.internal_token("sla")
     settings = Settings(
         database_url=database_url,
         max_in_flight=2,

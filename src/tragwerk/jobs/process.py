@@ -15,7 +15,6 @@ import signal
 import orjson
 import structlog
 import uvicorn
-from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,7 +23,7 @@ from starlette.routing import Route
 from tragwerk.jobs.worker import Worker
 from tragwerk.monitoring.metrics import CONTENT_TYPE, Metrics
 from tragwerk.settings import Settings
-from tragwerk.store.database import create_engine
+from tragwerk.store.database import check_ready, create_engine
 
 log = structlog.get_logger("tragwerk.worker")
 
@@ -38,15 +37,7 @@ def health_app(worker: Worker) -> Starlette:
         return _json({"status": "ok"})
 
     async def ready(_request: Request) -> Response:
-        checks: dict[str, str] = {}
-        try:
-            async with asyncio.timeout(2.0):
-                async with worker.engine.connect() as conn:
-                    await conn.execute(text("SELECT 1"))
-            checks["database"] = "ok"
-        except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
-            checks["database"] = f"failing: {type(exc).__name__}"
-        checks["queue"] = await worker.ready()
+        checks = {"database": await check_ready(worker.engine), "queue": await worker.ready()}
         ok = all(v == "ok" for v in checks.values())
         return _json({"status": "ok" if ok else "failing", "checks": checks}, 200 if ok else 503)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -26,6 +27,24 @@ def create_engine(url: str, *, pool_size: int = 20, max_overflow: int = 0) -> As
         pool_pre_ping=False,
         connect_args={"server_settings": {"application_name": "tragwerk"}},
     )
+
+
+READY_TIMEOUT_SECONDS = 2.0
+
+
+async def check_ready(engine: AsyncEngine, within: float = READY_TIMEOUT_SECONDS) -> str:
+    """'ok' when the database answers SELECT 1 within `within` seconds, else why not.
+
+    The readiness check of every process kind (API and worker): any failure means
+    "not ready", so it is reported, never raised.
+    """
+    try:
+        async with asyncio.timeout(within):
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - see above
+        return f"failing: {type(exc).__name__}"
+    return "ok"
 
 
 @dataclass
