@@ -39,6 +39,9 @@ from tragwerk.store.seed import seed
 
 HERE = Path(__file__).parent
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/tragwerk_bench"
+# At least this many cases (and their users) for benchmarks that need a populated
+# database but not the listing benchmark's million; a larger seed is reused as it is.
+SEED_CASES = 10_000
 PAGE = 50
 
 

@@ -31,10 +31,11 @@ from typing import Any
 import httpx
 
 from bench import servers
-from bench.list_cases import DEFAULT_URL, HERE, prepare, say
+from bench.list_cases import DEFAULT_URL, HERE, SEED_CASES, prepare, say
 from bench.servers import stop
 
 PORT = 8300
+PARTS = ("throughput", "accuracy", "flood", "saturation")
 REDIS = "redis://127.0.0.1:6379/0"
 
 
@@ -232,22 +233,34 @@ async def saturation(url: str, seconds: int, tokens_file: Path) -> dict[str, Any
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument(
+        "--only",
+        choices=PARTS,
+        action="append",
+        help="run only this part (repeatable); default: all four",
+    )
     args = parser.parse_args()
+    parts = args.only or list(PARTS)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install wrk")
     url = os.environ.get("TRAGWERK_BENCH_DATABASE_URL", DEFAULT_URL)
     workdir = Path(tempfile.mkdtemp(prefix="tragwerk-bench-"))
     try:
-        asyncio.run(prepare(url, 0))  # migrated and seeded like the listing benchmark
+        asyncio.run(prepare(url, SEED_CASES))  # migrated and seeded once, like the listing
         tokens_file = workdir / "tokens.txt"
         tokens_file.write_text("\n".join(asyncio.run(make_tokens(url, 1000))) + "\n")
-        report: dict[str, Any] = {"throughput": throughput(url, tokens_file, args.duration)}
-        say("accuracy over two instances")
-        report["accuracy"] = asyncio.run(accuracy(url, 600))
-        say("flood")
-        report["flood"] = asyncio.run(flood(url, args.duration))
-        say("saturation")
-        report["saturation"] = asyncio.run(saturation(url, args.duration, tokens_file))
+        report: dict[str, Any] = {}
+        if "throughput" in parts:
+            report["throughput"] = throughput(url, tokens_file, args.duration)
+        if "accuracy" in parts:
+            say("accuracy over two instances")
+            report["accuracy"] = asyncio.run(accuracy(url, 600))
+        if "flood" in parts:
+            say("flood")
+            report["flood"] = asyncio.run(flood(url, args.duration))
+        if "saturation" in parts:
+            say("saturation")
+            report["saturation"] = asyncio.run(saturation(url, args.duration, tokens_file))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print_report(report)
@@ -259,31 +272,34 @@ def main() -> int:
 
 
 def print_report(report: dict[str, Any]) -> None:
-    base = report["throughput"][0]["rps"]
-    print("| limiter | req/s | p50 ms | p99 ms | vs off | non-2xx |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for r in report["throughput"]:
+    if "throughput" in report:
+        base = report["throughput"][0]["rps"]
+        print("| limiter | req/s | p50 ms | p99 ms | vs off | non-2xx |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for r in report["throughput"]:
+            print(
+                f"| {r['config']} | {r['rps']:,.0f} | {r['p50_us'] / 1000:.1f} | "
+                f"{r['p99_us'] / 1000:.1f} | {r['rps'] / base:.0%} | {r['status_errors']} |"
+            )
+    if "accuracy" in report:
+        a = report["accuracy"]
         print(
-            f"| {r['config']} | {r['rps']:,.0f} | {r['p50_us'] / 1000:.1f} | "
-            f"{r['p99_us'] / 1000:.1f} | {r['rps'] / base:.0%} | {r['status_errors']} |"
+            f"\naccuracy: {a['allowed']} allowed of a {a['limit']}/minute limit "
+            f"across two instances ({a['ratio']:.1%})"
         )
-    a = report["accuracy"]
-    print(
-        f"\naccuracy: {a['allowed']} allowed of a {a['limit']}/minute limit "
-        f"across two instances ({a['ratio']:.1%})"
-    )
-    for label, f in report["flood"].items():
+    for label, f in report.get("flood", {}).items():
         print(
             f"flood, {label}: polite p50 {f['polite_p50_ms']:.1f} ms, "
             f"p99 {f['polite_p99_ms']:.1f} ms, polite refused {f['polite_refused']}, "
             f"flood {f['flood_requests']} sent / {f['flood_refused']} refused"
         )
-    s = report["saturation"]
-    print(
-        f"saturation: internal {s['internal_served']}/{s['internal_requests']} served "
-        f"({s['internal_share']:.1%}), internal p99 {s['internal_p99_ms']:.1f} ms; "
-        f"bulk {s['bulk_rps']:,.0f} req/s, {s['bulk_non_2xx']} of {s['bulk_requests']} shed"
-    )
+    if "saturation" in report:
+        s = report["saturation"]
+        print(
+            f"saturation: internal {s['internal_served']}/{s['internal_requests']} served "
+            f"({s['internal_share']:.1%}), internal p99 {s['internal_p99_ms']:.1f} ms; "
+            f"bulk {s['bulk_rps']:,.0f} req/s, {s['bulk_non_2xx']} of {s['bulk_requests']} shed"
+        )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import httpx
 from sqlalchemy.engine import make_url
 
 from bench import servers
-from bench.list_cases import DEFAULT_URL, HERE, prepare, run_wrk, say
+from bench.list_cases import DEFAULT_URL, HERE, SEED_CASES, prepare, run_wrk, say
 from bench.servers import stop
 
 LOCATIONS_WANTED = 300
@@ -134,7 +134,7 @@ def main() -> int:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install wrk")
     url = os.environ.get("TRAGWERK_BENCH_DATABASE_URL", DEFAULT_URL)
-    token, _ = asyncio.run(prepare(url, 0))
+    token, _ = asyncio.run(prepare(url, SEED_CASES))
     asyncio.run(ensure_locations(url))
 
     workdir = Path(tempfile.mkdtemp(prefix="tragwerk-bench-"))

@@ -15,8 +15,8 @@ import tragwerk
 from tragwerk.api import errors
 from tragwerk.api.fast_reference import TABLES as FAST_TABLES
 from tragwerk.api.fast_reference import ReferenceFastPath
-from tragwerk.api.limiting import RateLimit
-from tragwerk.api.middleware import BodyGuard, RequestMetrics
+from tragwerk.api.gate import Gate
+from tragwerk.api.limiting import Limiting
 from tragwerk.api.routes import admin, cases, health, jobs, reference, users, webhooks
 from tragwerk.api.services import Services
 
@@ -24,10 +24,11 @@ from tragwerk.api.services import Services
 class TragwerkApp(FastAPI):
     """FastAPI with tragwerk's own layers outside FastAPI's middleware stack.
 
-    Request order: RequestMetrics -> RateLimit -> BodyGuard -> ReferenceFastPath -> FastAPI's stack
-    (error middleware, routing, dependencies). Outside, the cached reference reads
-    skip five layers they do not need (docs/decisions/0004); an unhandled error still
-    becomes FastAPI's 500 response inside, which RequestMetrics counts on its way out.
+    Request order: Gate (request id, metrics, rate limit, admission, body limits) ->
+    ReferenceFastPath -> FastAPI's stack (error middleware, routing, dependencies).
+    Outside, the cached reference reads skip five layers they do not need
+    (docs/decisions/0004); an unhandled error still becomes FastAPI's 500 response
+    inside, which the gate counts on its way out.
     """
 
     outer: list[tuple[type, dict[str, Any]]]
@@ -71,21 +72,19 @@ def create_app(services: Services) -> FastAPI:
         for route in app.routes
         if isinstance(route, APIRoute) and route.path in FAST_TABLES
     }
+    limiting = None
+    if services.limiter is not None or services.admission is not None:
+        limiting = Limiting(services, services.limiter, services.admission)
     # Innermost first: each wraps the ones before it.
     app.outer = [
         (ReferenceFastPath, {"services": services, "routes": fast_routes}),
-        (BodyGuard, {"limit": services.settings.max_body_bytes}),
+        (
+            Gate,
+            {
+                "metrics": services.metrics.http,
+                "limiting": limiting,
+                "body_limit": services.settings.max_body_bytes,
+            },
+        ),
     ]
-    if services.limiter is not None or services.admission is not None:
-        app.outer.append(
-            (
-                RateLimit,
-                {
-                    "services": services,
-                    "limiter": services.limiter,
-                    "admission": services.admission,
-                },
-            )
-        )
-    app.outer.append((RequestMetrics, {"metrics": services.metrics}))
     return app

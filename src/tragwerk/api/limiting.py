@@ -9,153 +9,149 @@ headers; a refusal is a 429 problem with Retry-After.
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from dataclasses import dataclass
+
+from starlette.types import Scope, Send
 
 from tragwerk.api.auth import SCOPE_KEY, authenticate
-from tragwerk.api.middleware import EXTRA_HEADERS, header, send_problem
+from tragwerk.api.middleware import header, send_problem
 from tragwerk.api.services import Services
 from tragwerk.domain.errors import Unauthenticated
 from tragwerk.ratelimit.admission import Admission, Lane
-from tragwerk.ratelimit.limiter import RequestLimiter, Verdict
-from tragwerk.ratelimit.policy import Tier, route_cost
+from tragwerk.ratelimit.budget import Decision
+from tragwerk.ratelimit.limiter import RequestLimiter
+from tragwerk.ratelimit.policy import Tier, TierPolicy, route_cost
 
 
-def _fields(verdict: Verdict) -> list[tuple[bytes, bytes]]:
-    policy = verdict.policy
-    return [
-        (b"ratelimit-policy", policy.header_policy_bytes),
-        (
-            b"ratelimit",
-            b"%s;r=%d;t=%d" % (policy.header_name, verdict.remaining, verdict.reset_seconds),
-        ),
-    ]
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A request turned away before any route runs: a 429 or 503 problem."""
+
+    status: int
+    code: str
+    detail: str
+    retry_after: int
+
+    async def send(self, send: Send) -> None:
+        title = "Too Many Requests" if self.status == 429 else "Service Unavailable"
+        headers = [(b"retry-after", str(self.retry_after).encode())]
+        await send_problem(send, self.status, self.code, title, self.detail, headers)
 
 
-async def _refuse(
-    send: Send,
-    status: int,
-    code: str,
-    detail: str,
-    retry_after: int,
-    extra: list[tuple[bytes, bytes]],
-) -> None:
-    title = "Too Many Requests" if status == 429 else "Service Unavailable"
-    headers = [(b"retry-after", str(retry_after).encode()), *extra]
-    await send_problem(send, status, code, title, detail, headers)
+def _refusal(policy: TierPolicy, decision: Decision, cost: int) -> Refusal:
+    if decision.unavailable:
+        return Refusal(
+            503,
+            "rate-limit-unavailable",
+            "the shared rate-limit store is unreachable and this tier fails closed",
+            decision.reset_seconds,
+        )
+    return Refusal(
+        429,
+        "rate-limited",
+        f"the {policy.tier.value} limit of {policy.limit.amount} per "
+        f"{policy.window_seconds} s is spent; this request costs {cost}",
+        decision.reset_seconds,
+    )
+
+
+# Enum members as module constants: `Tier.INTERNAL` is a class attribute look-up through
+# the enum's metaclass, several times slower than a global, and this runs per request.
+_ANONYMOUS, _EXTERNAL, _INTERNAL = Tier.ANONYMOUS, Tier.EXTERNAL, Tier.INTERNAL
+_CRITICAL, _INTERACTIVE, _BULK = Lane.CRITICAL, Lane.INTERACTIVE, Lane.BULK
+_NO_CLIENT = ("unknown", 0)
 
 
 def lane_of(tier: Tier, method: str, cost: int) -> Lane:
     """Internal services first, people next, lists and anonymous traffic last."""
-    if tier is Tier.INTERNAL:
-        return Lane.CRITICAL
-    if tier is Tier.ANONYMOUS or (method == "GET" and cost >= 5):
-        return Lane.BULK
-    return Lane.INTERACTIVE
+    if tier is _INTERNAL:
+        return _CRITICAL
+    if tier is _ANONYMOUS or (method == "GET" and cost >= 5):
+        return _BULK
+    return _INTERACTIVE
 
 
-class RateLimit:
+class Limiting:
+    """The rate-limit and admission check of every request, called by the API's gate.
+
+    Not an ASGI layer of its own: each layer costs a coroutine and a send wrapper per
+    request, which was a third of what limiting cost on a cached read (decisions/0005).
+    """
+
     def __init__(
         self,
-        app: ASGIApp,
         services: Services,
         limiter: RequestLimiter | None,
         admission: Admission | None,
     ) -> None:
-        self.app = app
         self.services = services
         self.limiter = limiter
         self.admission = admission
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        cost = route_cost(scope["method"], scope["path"])
-        if cost == 0:  # health, metrics and docs are never limited
-            await self.app(scope, receive, send)
-            return
-        client = (scope.get("client") or ("unknown", 0))[0]
-        if self.limiter is None:
-            await self._admit(scope, receive, send, Tier.EXTERNAL, cost, [])
-            return
-        raw = header(scope, b"authorization")
-        authorization = raw.decode("latin-1") if raw is not None else None
-        tier, key = Tier.ANONYMOUS, client
-        if authorization is not None:
-            wait = self.limiter.auth_blocked(client)
-            if wait:
-                await _refuse(
-                    send,
-                    429,
-                    "too-many-failed-authentications",
-                    "too many failed authentications from this address",
-                    wait,
-                    [],
+    async def enter(self, scope: Scope, fields: list[tuple[bytes, bytes]]) -> bool | Refusal:
+        """Check the request; True if it took an admission place (give it back with
+        `leave()`), False if it goes on without one, or the Refusal to send.
+
+        The RateLimit fields for the response are appended to `fields`. One coroutine
+        for the whole check: the usual case (a token from the cache, budget reserved
+        here, a free place) never waits.
+        """
+        method = scope["method"]
+        cost = route_cost(method, scope["path"])
+        if cost == 0:  # health, metrics and docs are never limited nor shed
+            return False
+        limiter = self.limiter
+        tier = _EXTERNAL
+        if limiter is not None:
+            client = (scope.get("client") or _NO_CLIENT)[0]
+            raw = header(scope, b"authorization")
+            tier, key = _ANONYMOUS, client
+            if raw is not None:
+                wait = limiter.auth_blocked(client)
+                if wait:
+                    return Refusal(
+                        429,
+                        "too-many-failed-authentications",
+                        "too many failed authentications from this address",
+                        wait,
+                    )
+                try:
+                    who = await authenticate(self.services, raw.decode("latin-1"))
+                except Unauthenticated:
+                    await limiter.auth_failed(client)  # the route answers 401
+                else:
+                    tier = _INTERNAL if who.internal else _EXTERNAL
+                    key = str(who.token_id)  # the tier already says it is a token
+                    scope[SCOPE_KEY] = who  # the routes need not look the token up again
+            policy = limiter.policies[tier]
+            decision = limiter.check_local(policy, key, cost) or await limiter.check(
+                policy, key, cost
+            )
+            fields.append((b"ratelimit-policy", policy.header_policy_bytes))
+            fields.append(
+                (
+                    b"ratelimit",
+                    b"%s;r=%d;t=%d"
+                    % (policy.header_name, decision.remaining, decision.reset_seconds),
                 )
-                return
-            try:
-                who = await authenticate(self.services, authorization)
-            except Unauthenticated:
-                await self.limiter.auth_failed(client)  # the route answers 401
-            else:
-                tier = Tier.INTERNAL if who.internal else Tier.EXTERNAL
-                key = str(who.token_id)  # the tier already says it is a token
-                scope[SCOPE_KEY] = who  # the routes need not look the token up again
-        verdict = self.limiter.check_local(tier, key, cost) or await self.limiter.check(
-            tier, key, cost
+            )
+            if not decision.allowed:
+                return _refusal(policy, decision, cost)
+        admission = self.admission
+        if admission is None:
+            return False
+        lane = lane_of(tier, method, cost)
+        # The usual case without a coroutine: a free place and nobody waiting.
+        if admission.try_enter(lane) or await admission.enter(lane):
+            return True
+        return Refusal(
+            503,
+            "overloaded",
+            f"the server is at capacity; {lane.name.lower()} requests are shed first",
+            1,
         )
-        fields = _fields(verdict)
-        if not verdict.allowed:
-            if verdict.unavailable:
-                await _refuse(
-                    send,
-                    503,
-                    "rate-limit-unavailable",
-                    "the shared rate-limit store is unreachable and this tier fails closed",
-                    verdict.reset_seconds,
-                    fields,
-                )
-                return
-            limit = verdict.policy.limit
-            await _refuse(
-                send,
-                429,
-                "rate-limited",
-                f"the {verdict.policy.tier.value} limit of {limit.amount} per "
-                f"{verdict.policy.window_seconds} s is spent; this request costs {cost}",
-                verdict.reset_seconds,
-                fields,
-            )
-            return
 
-        await self._admit(scope, receive, send, tier, cost, fields)
-
-    async def _admit(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        tier: Tier,
-        cost: int,
-        fields: list[tuple[bytes, bytes]],
-    ) -> None:
-        if fields:
-            scope[EXTRA_HEADERS] = fields  # RequestMetrics adds them to the response
-        if self.admission is None:
-            await self.app(scope, receive, send)
-            return
-        lane = lane_of(tier, scope["method"], cost)
-        if not self.admission.try_enter(lane) and not await self.admission.enter(lane):
-            await _refuse(
-                send,
-                503,
-                "overloaded",
-                f"the server is at capacity; {lane.name.lower()} requests are shed first",
-                1,
-                fields,
-            )
-            return
-        try:
-            await self.app(scope, receive, send)
-        finally:
+    def leave(self) -> None:
+        """Give back the admission place that `enter()` took."""
+        if self.admission is not None:
             self.admission.leave()

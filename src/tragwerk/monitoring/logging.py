@@ -1,11 +1,28 @@
-"""JSON logs through structlog, with the request id bound per request."""
+"""JSON logs through structlog, with the request id of the request being served."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from contextvars import ContextVar
+from typing import Any
 
 import structlog
+
+# Set by the API's gate for each request. One ContextVar set and reset per request,
+# rather than structlog's bind/unbind_contextvars, which cost ~1 µs per request: the
+# id is only read when something is logged.
+REQUEST_ID: ContextVar[bytes | None] = ContextVar("tragwerk_request_id", default=None)
+
+
+def add_request_id(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        event.setdefault("request_id", request_id.decode("latin-1"))
+    return event
 
 
 def configure_logging(level: str = "info") -> None:
@@ -13,6 +30,7 @@ def configure_logging(level: str = "info") -> None:
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_request_id,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

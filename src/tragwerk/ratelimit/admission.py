@@ -25,6 +25,7 @@ class Lane(IntEnum):
 
 
 _ADMITTED = {lane: f"admitted:{lane.name.lower()}" for lane in Lane}
+_LANES = tuple(Lane)  # iterating an Enum class costs ~0.6 µs; a tuple next to nothing
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,10 @@ class Admission:
 
     def leave(self) -> None:
         """Give the place to the most urgent waiter, or free it."""
-        for lane in Lane:
+        if not self._queued:  # the usual case
+            self.in_flight -= 1
+            return
+        for lane in _LANES:
             queue = self._waiting[lane]
             while queue:
                 waiter = queue.popleft()

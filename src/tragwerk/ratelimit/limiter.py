@@ -23,17 +23,6 @@ _ALLOWED = {tier: f"allowed:{tier.value}" for tier in Tier}
 _LIMITED = {tier: f"limited:{tier.value}" for tier in Tier}
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """A decision with the policy it was made under (for the response headers)."""
-
-    allowed: bool
-    policy: TierPolicy
-    remaining: int
-    reset_seconds: int
-    unavailable: bool = False  # refused because the shared store is down (fail closed)
-
-
 @dataclass
 class RequestLimiter:
     policies: Mapping[Tier, TierPolicy]
@@ -66,27 +55,30 @@ class RequestLimiter:
         self.policies = policies  # one assignment: a request sees old or new, never a mix
         self.reporter.count("policies_applied")
 
-    def check_local(self, tier: Tier, key: str, cost: int) -> Verdict | None:
-        """The verdict from this instance's reservation, or None: then `await check()`."""
-        if self.clock() < self._shared_down_until:
-            return None  # the fallback decides, in check()
-        policy = self.policies[tier]
-        decision = self.budget.take_local(policy.limit, self._prefixes[tier] + key, cost)
-        if decision is None:
-            return None
-        self.reporter.count(_ALLOWED[tier] if decision.allowed else _LIMITED[tier])
-        return Verdict(decision.allowed, policy, decision.remaining, decision.reset_seconds)
+    def check_local(self, policy: TierPolicy, key: str, cost: int) -> Decision | None:
+        """The decision from this instance's reservation, or None: then `await check()`.
 
-    async def check(self, tier: Tier, key: str, cost: int) -> Verdict:
-        policy = self.policies[tier]
+        `policy` is `policies[tier]` as the caller read it, so that the response
+        fields name the policy the decision was made under.
+        """
+        if self._shared_down_until and self.clock() < self._shared_down_until:
+            return None  # the fallback decides, in check()
+        tier = policy.tier
+        decision = self.budget.take_local(policy.limit, self._prefixes[tier] + key, cost)
+        if decision is not None:
+            self.reporter.count(_ALLOWED[tier] if decision.allowed else _LIMITED[tier])
+        return decision
+
+    async def check(self, policy: TierPolicy, key: str, cost: int) -> Decision:
+        tier = policy.tier
         # Timed: this is the path that may wait for the store (check_local is not).
         with self.reporter.operation("check"):
             decision = await self._take(policy, self._prefixes[tier] + key, cost)
         if decision is None:  # shared store down and the tier fails closed
             self.reporter.count(f"unavailable:{tier.value}")
-            return Verdict(False, policy, 0, int(RETRY_SHARED_AFTER_SECONDS), unavailable=True)
+            return Decision(False, 0, int(RETRY_SHARED_AFTER_SECONDS), unavailable=True)
         self.reporter.count(_ALLOWED[tier] if decision.allowed else _LIMITED[tier])
-        return Verdict(decision.allowed, policy, decision.remaining, decision.reset_seconds)
+        return decision
 
     async def _take(self, policy: TierPolicy, key: str, cost: int) -> Decision | None:
         if not self.shared or self.clock() >= self._shared_down_until:
