@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -50,6 +51,18 @@ async def test_expired_token_is_refused(api: Api) -> None:
     r = await api.post("/v1/tokens", {"name": "old", "user_id": user["id"], "expires_at": past})
     assert r.status_code == 201
     assert (await api.get("/v1/cases", token=r.json()["token"])).status_code == 401
+
+
+async def test_token_expiring_while_cached_is_refused_on_every_path(api: Api) -> None:
+    user = await api.user()
+    soon = (datetime.now(UTC) + timedelta(seconds=1.5)).isoformat()
+    r = await api.post("/v1/tokens", {"name": "short", "user_id": user["id"], "expires_at": soon})
+    token = r.json()["token"]
+    # Used once: cached for the limiter's and the reference fast path's synchronous look-up.
+    assert (await api.get("/v1/locations", token=token)).status_code == 200
+    await asyncio.sleep(2.0)
+    assert (await api.get("/v1/locations", token=token)).status_code == 401
+    assert (await api.get("/v1/cases", token=token)).status_code == 401
 
 
 async def test_only_a_hash_of_the_token_is_stored(api: Api) -> None:

@@ -56,7 +56,34 @@ async def test_shared_budget_reserves_in_batches() -> None:
     limit = parse_limit("1000/minute")
     allowed = [(await budget.take(limit, "k", 1)).allowed for _ in range(200)]
     assert all(allowed)
-    assert CountingStorage.calls == 10  # 200 requests, batches of 20
+    # 200 requests: a first batch of 2 % (nothing known yet of what is left), then
+    # 6 % ones while most of the budget is left: 20 + 60 + 60 + 60.
+    assert CountingStorage.calls == 4
+
+
+async def test_larger_batches_ask_the_store_less_and_still_grant_exactly_the_limit() -> None:
+    limit = parse_limit("1000/minute")
+    asks = {}
+    for label, largest in (("fixed 2 %", 0.02), ("growing", 0.06)):
+        CountingStorage.calls = 0
+        windows = SlidingWindowCounterRateLimiter(CountingStorage())
+        budget = SharedBudget(windows, batch_share=0.02, max_batch_share=largest)
+        granted = sum([(await budget.take(limit, "k", 1)).allowed for _ in range(1200)])
+        assert granted == 1000, label
+        asks[label] = CountingStorage.calls
+    # Both end in 2 % batches and single tokens near the limit; the growing one asks
+    # far less often before that.
+    assert asks["growing"] < asks["fixed 2 %"] * 0.75
+
+
+async def test_a_client_moving_to_another_instance_loses_at_most_one_large_batch() -> None:
+    windows = SlidingWindowCounterRateLimiter(MemoryStorage())
+    one, two = SharedBudget(windows), SharedBudget(windows)
+    limit = parse_limit("1000/minute")
+    for _ in range(100):  # instance one holds a batch reserved while much was left
+        await one.take(limit, "client", 1)
+    granted = 100 + sum([(await two.take(limit, "client", 1)).allowed for _ in range(1500)])
+    assert 1000 - 60 - 20 <= granted <= 1000
 
 
 async def test_two_instances_share_one_budget_within_their_batches() -> None:

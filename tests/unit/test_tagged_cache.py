@@ -146,3 +146,16 @@ async def test_a_caller_that_goes_away_does_not_cancel_the_others() -> None:
     with pytest.raises(asyncio.CancelledError):
         await first
     assert await c.get("locations", load) == "v1"  # and the value was kept
+
+
+async def test_peek_returns_cached_values_only() -> None:
+    clock = FakeClock()
+    c = cache(clock, ttl=60.0)
+    assert c.peek("k") is None  # never loaded
+    assert await c.get("k", Loader()) == "v1"
+    assert c.peek("k") == "v1"
+    clock.now += 61
+    assert c.peek("k") is None  # past its TTL: the next get loads it again
+    assert await c.get("k", Loader()) == "v1"
+    c.set_enabled(False)
+    assert c.peek("k") is None  # disabled: memory is not trusted

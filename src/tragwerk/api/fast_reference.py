@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tragwerk.api.auth import SCOPE_KEY, authenticate
+from tragwerk.api.auth import SCOPE_KEY, authenticate, authenticate_cached
 from tragwerk.api.middleware import header
 from tragwerk.api.services import Services
 from tragwerk.domain.directory import Permission
@@ -41,9 +41,12 @@ class ReferenceFastPath:
             await self.app(scope, receive, send)
             return
         raw = header(scope, b"authorization")
-        authorization = raw.decode("latin-1") if raw is not None else None
         try:
-            who = scope.get(SCOPE_KEY) or await authenticate(self.services, authorization)
+            who = (
+                scope.get(SCOPE_KEY)
+                or authenticate_cached(self.services, raw)
+                or await authenticate(self.services, raw.decode("latin-1") if raw else None)
+            )
             if not who.can(Permission.REFERENCE_READ):
                 raise DomainError("forbidden")
             snapshot = await self.services.reads.reference(table)

@@ -67,10 +67,13 @@ class Gate:
         entered = False  # holds an admission place to give back
         try:
             if limiting is not None:
-                decision = await limiting.enter(scope, fields)
-                if isinstance(decision, Refusal):
-                    await decision.send(send_with_id)
-                    return
+                decision = limiting.admit(scope, fields)
+                if not isinstance(decision, bool):
+                    if not isinstance(decision, Refusal):  # it has to wait: a coroutine
+                        decision = await decision
+                    if isinstance(decision, Refusal):
+                        await decision.send(send_with_id)
+                        return
                 entered = decision
             if scope["method"] in METHODS_WITH_BODY:
                 replay = await guard_body(receive, send_with_id, scope["headers"], self.body_limit)

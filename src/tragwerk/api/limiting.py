@@ -9,11 +9,13 @@ headers; a refusal is a 429 problem with Retry-After.
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.types import Scope, Send
 
-from tragwerk.api.auth import SCOPE_KEY, authenticate
+from tragwerk.api.auth import SCOPE_KEY, authenticate, authenticate_cached
 from tragwerk.api.middleware import header, send_problem
 from tragwerk.api.services import Services
 from tragwerk.domain.errors import Unauthenticated
@@ -71,11 +73,18 @@ def lane_of(tier: Tier, method: str, cost: int) -> Lane:
     return _INTERACTIVE
 
 
+Admitted = bool | Refusal  # True: holds an admission place; False: goes on without one
+Deciding = Admitted | Coroutine[Any, Any, Admitted]  # decided now, or once awaited
+
+
 class Limiting:
     """The rate-limit and admission check of every request, called by the API's gate.
 
-    Not an ASGI layer of its own: each layer costs a coroutine and a send wrapper per
-    request, which was a third of what limiting cost on a cached read (decisions/0005).
+    `admit()` is synchronous and decides the usual request (a cached token, budget
+    reserved in this instance, a free place) without a coroutine; only where it has
+    to wait (a token to look up, a batch to reserve from the store, a queue for a
+    place) does it return a coroutine for the gate to await. Each coroutine or ASGI
+    layer costs per request, and this runs on every one (decisions/0005).
     """
 
     def __init__(
@@ -88,61 +97,74 @@ class Limiting:
         self.limiter = limiter
         self.admission = admission
 
-    async def enter(self, scope: Scope, fields: list[tuple[bytes, bytes]]) -> bool | Refusal:
-        """Check the request; True if it took an admission place (give it back with
-        `leave()`), False if it goes on without one, or the Refusal to send.
-
-        The RateLimit fields for the response are appended to `fields`. One coroutine
-        for the whole check: the usual case (a token from the cache, budget reserved
-        here, a free place) never waits.
+    def admit(self, scope: Scope, fields: list[tuple[bytes, bytes]]) -> Deciding:
+        """True if the request took an admission place (give it back with `leave()`),
+        False if it goes on without one, a Refusal to send, or a coroutine that
+        decides one of these. The RateLimit fields for the response go to `fields`.
         """
         method = scope["method"]
         cost = route_cost(method, scope["path"])
         if cost == 0:  # health, metrics and docs are never limited nor shed
             return False
         limiter = self.limiter
-        tier = _EXTERNAL
-        if limiter is not None:
-            client = (scope.get("client") or _NO_CLIENT)[0]
-            raw = header(scope, b"authorization")
+        if limiter is None:
+            return self._place(_EXTERNAL, method, cost)
+        client = (scope.get("client") or _NO_CLIENT)[0]
+        raw = header(scope, b"authorization")
+        if raw is None:
             tier, key = _ANONYMOUS, client
-            if raw is not None:
-                wait = limiter.auth_blocked(client)
-                if wait:
-                    return Refusal(
-                        429,
-                        "too-many-failed-authentications",
-                        "too many failed authentications from this address",
-                        wait,
-                    )
-                try:
-                    who = await authenticate(self.services, raw.decode("latin-1"))
-                except Unauthenticated:
-                    await limiter.auth_failed(client)  # the route answers 401
-                else:
-                    tier = _INTERNAL if who.internal else _EXTERNAL
-                    key = str(who.token_id)  # the tier already says it is a token
-                    scope[SCOPE_KEY] = who  # the routes need not look the token up again
-            policy = limiter.policies[tier]
-            decision = limiter.check_local(policy, key, cost) or await limiter.check(
-                policy, key, cost
-            )
-            fields.append((b"ratelimit-policy", policy.header_policy_bytes))
-            fields.append(
-                (
-                    b"ratelimit",
-                    b"%s;r=%d;t=%d"
-                    % (policy.header_name, decision.remaining, decision.reset_seconds),
+        else:
+            wait = limiter.auth_blocked(client)
+            if wait:
+                return Refusal(
+                    429,
+                    "too-many-failed-authentications",
+                    "too many failed authentications from this address",
+                    wait,
                 )
+            who = authenticate_cached(self.services, raw)
+            if who is None:  # not cached (or not valid): look it up, then go on
+                return self._admit_after_lookup(scope, fields, limiter, raw, client, cost)
+            tier = _INTERNAL if who.internal else _EXTERNAL
+            key = str(who.token_id)  # the tier already says it is a token
+            scope[SCOPE_KEY] = who  # the routes need not look the token up again
+        policy = limiter.policies[tier]
+        decision = limiter.check_local(policy, key, cost)
+        if decision is None:  # no budget reserved here: reserve a batch, then go on
+            return self._admit_after_check(method, fields, limiter, tier, policy, key, cost)
+        return self._conclude(method, fields, tier, policy, decision, cost)
+
+    def _conclude(
+        self,
+        method: str,
+        fields: list[tuple[bytes, bytes]],
+        tier: Tier,
+        policy: TierPolicy,
+        decision: Decision,
+        cost: int,
+    ) -> Deciding:
+        fields.append(policy.policy_field)
+        fields.append(
+            (
+                b"ratelimit",
+                b"%s;r=%d;t=%d" % (policy.header_name, decision.remaining, decision.reset_seconds),
             )
-            if not decision.allowed:
-                return _refusal(policy, decision, cost)
+        )
+        if not decision.allowed:
+            return _refusal(policy, decision, cost)
+        return self._place(tier, method, cost)
+
+    def _place(self, tier: Tier, method: str, cost: int) -> Deciding:
         admission = self.admission
         if admission is None:
             return False
         lane = lane_of(tier, method, cost)
-        # The usual case without a coroutine: a free place and nobody waiting.
-        if admission.try_enter(lane) or await admission.enter(lane):
+        if admission.try_enter(lane):  # a free place and nobody waiting
+            return True
+        return self._queue(admission, lane)
+
+    async def _queue(self, admission: Admission, lane: Lane) -> Admitted:
+        if await admission.enter(lane):
             return True
         return Refusal(
             503,
@@ -151,7 +173,48 @@ class Limiting:
             1,
         )
 
+    async def _admit_after_lookup(
+        self,
+        scope: Scope,
+        fields: list[tuple[bytes, bytes]],
+        limiter: RequestLimiter,
+        raw: bytes,
+        client: str,
+        cost: int,
+    ) -> Admitted:
+        tier, key = _ANONYMOUS, client
+        try:
+            who = await authenticate(self.services, raw.decode("latin-1"))
+        except Unauthenticated:
+            await limiter.auth_failed(client)  # the route answers 401
+        else:
+            tier = _INTERNAL if who.internal else _EXTERNAL
+            key = str(who.token_id)
+            scope[SCOPE_KEY] = who
+        policy = limiter.policies[tier]
+        decision = limiter.check_local(policy, key, cost) or await limiter.check(policy, key, cost)
+        return await _settled(self._conclude(scope["method"], fields, tier, policy, decision, cost))
+
+    async def _admit_after_check(
+        self,
+        method: str,
+        fields: list[tuple[bytes, bytes]],
+        limiter: RequestLimiter,
+        tier: Tier,
+        policy: TierPolicy,
+        key: str,
+        cost: int,
+    ) -> Admitted:
+        decision = await limiter.check(policy, key, cost)
+        return await _settled(self._conclude(method, fields, tier, policy, decision, cost))
+
     def leave(self) -> None:
-        """Give back the admission place that `enter()` took."""
+        """Give back the admission place that `admit()` took."""
         if self.admission is not None:
             self.admission.leave()
+
+
+async def _settled(outcome: Deciding) -> Admitted:
+    if isinstance(outcome, bool | Refusal):
+        return outcome
+    return await outcome

@@ -1,5 +1,6 @@
 """An in-process cache whose entries are tagged with the rows they were built from.
 
+- `peek(key)`: the value if cached, without a coroutine; None otherwise.
 - `get(key, load)`: a hit returns at once; concurrent misses for one key share one
   load (no stampede); a load that raced with an invalidation is returned to its
   callers but not stored, so a stale value is never kept.
@@ -63,6 +64,20 @@ class TaggedCache(Generic[K, V]):
     def __post_init__(self) -> None:
         self.reporter.observe("entries", lambda: float(len(self._entries)))
         self.reporter.observe("oldest_entry_age_seconds", self.oldest_age)
+
+    def peek(self, key: K) -> V | None:
+        """The cached value, or None when it is not cached (then `await get(...)`).
+
+        Synchronous: the hottest look-up (a request's token) costs no coroutine when
+        it hits. Counted as a hit; a miss is counted by the `get` that follows.
+        """
+        if not self.enabled:
+            return None
+        entry = self._entries.get(key)
+        if entry is None or self.clock() - entry.stored_at >= self.ttl_seconds:
+            return None
+        self.reporter.count("hit")
+        return entry.value
 
     async def get(self, key: K, load: Callable[[], Awaitable[Loaded[V]]]) -> V:
         if not self.enabled:

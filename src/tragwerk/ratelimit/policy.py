@@ -40,8 +40,9 @@ class TierPolicy:  # frozen, yet cached_property works: it writes __dict__ direc
         return f'"{self.tier.value}";q={self.limit.amount};w={self.window_seconds}'
 
     @cached_property
-    def header_policy_bytes(self) -> bytes:
-        return self.header_policy.encode()
+    def policy_field(self) -> tuple[bytes, bytes]:
+        """The whole RateLimit-Policy header field, built once per policy."""
+        return (b"ratelimit-policy", self.header_policy.encode())
 
     @cached_property
     def header_name(self) -> bytes:
