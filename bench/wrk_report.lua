@@ -1,7 +1,9 @@
 -- wrk script for every tragwerk benchmark. Each request picks at random a path from
 -- PATHS_FILE (or takes TARGET_PATH) and a bearer token from TOKENS_FILE (or takes
--- TOKEN); at the end it prints one JSON line with throughput, latency percentiles
--- (microseconds) and error counts.
+-- TOKEN); with DELAY_MS set, each connection waits that long before its next request
+-- (a paced client; latency counts from sending to the full response); at the end it
+-- prints one JSON line with throughput, latency percentiles (microseconds) and error
+-- counts.
 local function lines(name)
   local found = {}
   for line in io.lines(name) do
@@ -13,6 +15,13 @@ end
 local paths = os.getenv("PATHS_FILE") and lines(os.getenv("PATHS_FILE")) or { os.getenv("TARGET_PATH") }
 local tokens = os.getenv("TOKENS_FILE") and lines(os.getenv("TOKENS_FILE")) or { os.getenv("TOKEN") }
 math.randomseed(tonumber(os.getenv("SEED") or "7"))
+
+local delay_ms = tonumber(os.getenv("DELAY_MS") or "")
+if delay_ms then
+  delay = function()
+    return delay_ms
+  end
+end
 
 request = function()
   return wrk.format("GET", paths[math.random(#paths)],
