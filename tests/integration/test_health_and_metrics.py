@@ -133,3 +133,21 @@ async def test_an_unexpected_error_is_a_500_problem_and_counted(database_url: st
             == 1
         )
     await instance.client.aclose()
+
+
+async def test_the_pool_is_open_before_the_first_burst(api: Api) -> None:
+    # A burst after start-up must not wait for connections to be made (a flood's
+    # first seconds did: docs/performance.md, "Flood").
+    pool = api.services.engine.pool
+    opened = pool.checkedin() + pool.checkedout()
+    assert opened == api.services.settings.db_pool_size
+
+
+async def test_warming_an_unreachable_database_neither_hangs_nor_raises() -> None:
+    from tragwerk.store.database import create_engine, warm_pool
+
+    engine = create_engine("postgresql://postgres@127.0.0.1:1/nothing", pool_size=3)
+    try:
+        assert await warm_pool(engine, 3) == 0
+    finally:
+        await engine.dispose()

@@ -15,6 +15,7 @@ from tragwerk.ratelimit.admission import Admission
 from tragwerk.ratelimit.limiter import RequestLimiter
 from tragwerk.settings import Settings
 from tragwerk.store.changes import ChangeFeed
+from tragwerk.store.database import warm_pool
 from tragwerk.store.queries.cases import CaseStore
 from tragwerk.store.queries.directory import DirectoryStore
 from tragwerk.store.queries.jobs import JobStore
@@ -53,6 +54,7 @@ class Services:
 
     async def start(self) -> None:
         """Start what runs beside the requests: the change feed that keeps caches true."""
+        await warm_pool(self.engine, self.settings.db_pool_size)
         if self.limits is not None:
             await self.limits.reload()
         if self.feed is not None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from dataclasses import dataclass
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+log = logging.getLogger(__name__)
 
 
 def async_url(url: str) -> str:
@@ -27,6 +31,27 @@ def create_engine(url: str, *, pool_size: int = 20, max_overflow: int = 0) -> As
         pool_pre_ping=False,
         connect_args={"server_settings": {"application_name": "tragwerk"}},
     )
+
+
+async def warm_pool(engine: AsyncEngine, connections: int) -> int:
+    """Open up to `connections` pooled connections now; return how many were opened.
+
+    The pool opens connections lazily, so the first burst after start-up (a flood, a
+    batch job's first requests) waited for new connections to be made while the
+    requests queued: the well-behaved clients' p99 rose from ~13 to 42-72 ms at the
+    start of a flood. Opened one after another at start-up instead; a failure is
+    logged and left to the requests (the database may come up later).
+    """
+    opened = 0
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(connections):
+                conn = await stack.enter_async_context(engine.connect())
+                await conn.execute(text("SELECT 1"))
+                opened += 1
+    except Exception as exc:  # noqa: BLE001 - warming is an optimisation, never fatal
+        log.warning("could not open all pooled connections at start-up: %r", exc)
+    return opened
 
 
 READY_TIMEOUT_SECONDS = 2.0
