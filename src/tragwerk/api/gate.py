@@ -16,11 +16,9 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tragwerk.api.limiting import Limiting, Refusal
-from tragwerk.api.middleware import guard_body, header
+from tragwerk.api.middleware import METHODS_WITH_BODY, guard_body, header
 from tragwerk.monitoring.logging import REQUEST_ID
 from tragwerk.monitoring.metrics import HttpMetrics
-
-METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 
 
 class Gate:

@@ -18,6 +18,7 @@ from starlette.types import Scope, Send
 from tragwerk.api.auth import SCOPE_KEY, authenticate, authenticate_cached
 from tragwerk.api.middleware import header, send_problem
 from tragwerk.api.services import Services
+from tragwerk.domain.directory import Principal
 from tragwerk.domain.errors import Unauthenticated
 from tragwerk.ratelimit.admission import Admission, Lane
 from tragwerk.ratelimit.budget import Decision
@@ -125,9 +126,7 @@ class Limiting:
             who = authenticate_cached(self.services, raw)
             if who is None:  # not cached (or not valid): look it up, then go on
                 return self._admit_after_lookup(scope, fields, limiter, raw, client, cost)
-            tier = _INTERNAL if who.internal else _EXTERNAL
-            key = str(who.token_id)  # the tier already says it is a token
-            scope[SCOPE_KEY] = who  # the routes need not look the token up again
+            tier, key = _identified(scope, who)
         policy = limiter.policies[tier]
         decision = limiter.check_local(policy, key, cost)
         if decision is None:  # no budget reserved here: reserve a batch, then go on
@@ -188,9 +187,7 @@ class Limiting:
         except Unauthenticated:
             await limiter.auth_failed(client)  # the route answers 401
         else:
-            tier = _INTERNAL if who.internal else _EXTERNAL
-            key = str(who.token_id)
-            scope[SCOPE_KEY] = who
+            tier, key = _identified(scope, who)
         policy = limiter.policies[tier]
         decision = limiter.check_local(policy, key, cost) or await limiter.check(policy, key, cost)
         return await _settled(self._conclude(scope["method"], fields, tier, policy, decision, cost))
@@ -212,6 +209,13 @@ class Limiting:
         """Give back the admission place that `admit()` took."""
         if self.admission is not None:
             self.admission.leave()
+
+
+def _identified(scope: Scope, who: Principal) -> tuple[Tier, str]:
+    """The tier and budget key of an authenticated request; the principal is kept in
+    the scope so that the routes need not look the token up again."""
+    scope[SCOPE_KEY] = who
+    return (_INTERNAL if who.internal else _EXTERNAL), str(who.token_id)
 
 
 async def _settled(outcome: Deciding) -> Admitted:

@@ -73,6 +73,19 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+def counter_family(
+    name: str,
+    documentation: str,
+    labels: list[str],
+    samples: Iterable[tuple[tuple[object, ...], float]],
+) -> CounterMetricFamily:
+    """A counter family from (label values, value) pairs, sorted by label values."""
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for values, value in sorted(samples, key=lambda sample: sample[0]):
+        family.add_metric([str(v) for v in values], value)
+    return family
+
+
 class _ModuleCollector(Collector):
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
@@ -84,23 +97,22 @@ class _ModuleCollector(Collector):
             "Duration of module operations",
             ["module", "operation"],
         )
-        errors = CounterMetricFamily(
+        yield counter_family(
             "tragwerk_module_errors",
             "Module operations that raised",
-            labels=["module", "operation"],
+            ["module", "operation"],
+            metrics.operation_errors.items(),
         )
-        for (module, operation), value in sorted(metrics.operation_errors.items()):
-            errors.add_metric([module, operation], value)
-        yield errors
-        events = CounterMetricFamily(
+        yield counter_family(
             "tragwerk_module_events",
             "Notable events of a module (cache hits and misses, invalidations, reconnects)",
-            labels=["module", "event"],
+            ["module", "event"],
+            (
+                ((module, event), value)
+                for module, counts in metrics.event_counts.items()
+                for event, value in counts.items()
+            ),
         )
-        for module, counts in sorted(metrics.event_counts.items()):
-            for event, value in sorted(counts.items()):
-                events.add_metric([module, event], value)
-        yield events
 
 
 class _Timed:
@@ -176,14 +188,12 @@ class HttpMetrics(Collector):
         self._seconds.observe((route, method), seconds)
 
     def collect(self) -> Iterable[Metric]:
-        requests = CounterMetricFamily(
+        yield counter_family(
             "tragwerk_http_requests",
             "HTTP requests by route template, method and status code",
-            labels=["route", "method", "status"],
+            ["route", "method", "status"],
+            self._requests.items(),
         )
-        for (route, method, status), value in sorted(self._requests.items()):
-            requests.add_metric([route, method, str(status)], value)
-        yield requests
         yield self._seconds.family(
             "tragwerk_http_request_seconds",
             "HTTP request duration by route template and method",
@@ -272,14 +282,12 @@ class JobMetrics(Collector):
         return self._outcomes.get((kind, outcome), 0)
 
     def collect(self) -> Iterable[Metric]:
-        outcomes = CounterMetricFamily(
+        yield counter_family(
             "tragwerk_jobs",
             "Job attempts by kind and outcome (succeeded, retried, held, released)",
-            labels=["kind", "outcome"],
+            ["kind", "outcome"],
+            self._outcomes.items(),
         )
-        for (kind, outcome), value in sorted(self._outcomes.items()):
-            outcomes.add_metric([kind, outcome], value)
-        yield outcomes
         running = GaugeMetricFamily(
             "tragwerk_jobs_running", "Jobs running in this worker", labels=["kind"]
         )
