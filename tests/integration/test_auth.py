@@ -18,10 +18,21 @@ async def test_missing_and_malformed_credentials_are_401(api: Api) -> None:
         {"Authorization": "Bearer tw_unknown"},
         {"Authorization": "Bearer " + "x" * 5000},
     ):
-        r = await api.client.get("/v1/cases", headers=headers)
-        assert r.status_code == 401, headers
-        assert r.headers["www-authenticate"].startswith("Bearer")
-        assert r.json()["type"].endswith("/unauthenticated")
+        # /v1/locations is answered by the reference fast path, /v1/cases by its route;
+        # both first try the synchronous cached look-up.
+        for path in ("/v1/cases", "/v1/locations"):
+            r = await api.client.get(path, headers=headers)
+            assert r.status_code == 401, (path, headers)
+            assert r.headers["www-authenticate"].startswith("Bearer")
+            assert r.json()["type"].endswith("/unauthenticated")
+
+
+async def test_scheme_is_case_insensitive_on_the_cached_path_too(api: Api) -> None:
+    assert (await api.get("/v1/locations")).status_code == 200  # the token is cached now
+    for scheme in ("Bearer", "bearer", "BEARER"):
+        headers = {"Authorization": f"{scheme} {api.admin_token}"}
+        for path in ("/v1/cases", "/v1/locations"):
+            assert (await api.client.get(path, headers=headers)).status_code == 200
 
 
 async def test_revoked_token_is_refused(api: Api) -> None:
