@@ -14,10 +14,11 @@ from tragwerk.api.services import Services
 from tragwerk.cache.caches import Caches
 from tragwerk.monitoring.metrics import Metrics
 from tragwerk.ratelimit.admission import Admission
-from tragwerk.ratelimit.budget import SharedBudget, WindowLimiter
+from tragwerk.ratelimit.budget import SharedBudget
 from tragwerk.ratelimit.limiter import RequestLimiter
 from tragwerk.ratelimit.local_windows import LocalWindows
 from tragwerk.ratelimit.policy import FailMode, Tier, TierPolicy, parse_limit
+from tragwerk.ratelimit.windows import WindowStore
 from tragwerk.settings import Settings
 from tragwerk.store.changes import ChangeFeed
 from tragwerk.store.database import create_engine
@@ -98,15 +99,17 @@ def build_limiter(settings: Settings, metrics: Metrics) -> RequestLimiter:
     }
     # One code path for both: budgets reserved in batches from sliding windows in
     # Redis (shared by all instances) or in this process's memory (decisions/0005).
-    windows: WindowLimiter
+    windows: WindowStore
     if settings.redis_url:
-        from limits.aio.storage import RedisStorage
-        from limits.aio.strategies import SlidingWindowCounterRateLimiter
+        from redis.asyncio import Redis
 
-        storage = RedisStorage(
-            "async+" + settings.redis_url, implementation="redispy", socket_timeout=0.5
+        from tragwerk.ratelimit.redis_windows import RedisWindows
+
+        # Short timeouts: a request that must wait for a reservation waits at most
+        # this long before its tier's fail mode applies.
+        windows = RedisWindows(
+            Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
         )
-        windows = SlidingWindowCounterRateLimiter(storage)  # type: ignore[assignment]
     else:
         windows = LocalWindows()
     return RequestLimiter(

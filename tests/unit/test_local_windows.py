@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tragwerk.ratelimit.local_windows import LocalWindows
 from tragwerk.ratelimit.policy import parse_limit
 
@@ -13,25 +15,34 @@ class Clock:
         return self.now
 
 
-async def test_a_window_fills_and_then_slides() -> None:
+def test_a_window_fills_and_then_slides() -> None:
     clock = Clock()
     windows = LocalWindows(clock=clock)
     limit = parse_limit("10/minute")
-    assert [await windows.hit(limit, "k") for _ in range(11)] == [True] * 10 + [False]
-    stats = await windows.get_window_stats(limit, "k")
-    assert stats.remaining == 0
+    assert [windows.reserve_now(limit, "k", 1, 1)[0] for _ in range(11)] == [1] * 10 + [0]
+    granted, left, wait = windows.reserve_now(limit, "k", 1, 1)
+    assert (granted, left) == (0, 0)
+    assert wait == pytest.approx(40)  # nothing returns before this window ends
     clock.now += 40  # the next window starts: all ten still weigh fully
-    assert await windows.hit(limit, "k") is False
+    granted, left, wait = windows.reserve_now(limit, "k", 1, 1)
+    assert granted == 0
+    assert wait == pytest.approx(6)  # a tenth of the previous window slides out in 6 s
     clock.now += 30  # half of the previous window has slid out
-    assert [await windows.hit(limit, "k") for _ in range(6)] == [True] * 5 + [False]
+    assert [windows.reserve_now(limit, "k", 1, 1)[0] for _ in range(6)] == [1] * 5 + [0]
     clock.now += 200  # long quiet: nothing is left
-    assert (await windows.get_window_stats(limit, "k")).remaining == 10
+    assert windows.reserve_now(limit, "k", 0, 0)[1] == 10
 
 
-async def test_costs_and_keys_are_separate() -> None:
+def test_costs_partial_grants_and_keys_are_separate() -> None:
     windows = LocalWindows(clock=Clock())
     limit = parse_limit("10/minute")
-    assert await windows.hit(limit, "a", cost=7)
-    assert not await windows.hit(limit, "a", cost=4)
-    assert await windows.hit(limit, "b", cost=10)
-    assert (await windows.get_window_stats(limit, "a")).remaining == 3
+    assert windows.reserve_now(limit, "a", 7, 7)[:2] == (7, 3)
+    assert windows.reserve_now(limit, "a", 4, 4)[:2] == (0, 3)  # all or nothing
+    assert windows.reserve_now(limit, "a", 4, 1)[:2] == (3, 0)  # as many as are free
+    assert windows.reserve_now(limit, "b", 10, 10)[:2] == (10, 0)
+
+
+def test_windows_of_other_lengths_are_separate() -> None:
+    windows = LocalWindows(clock=Clock())
+    assert windows.reserve_now(parse_limit("10/minute"), "k", 10, 10)[0] == 10
+    assert windows.reserve_now(parse_limit("10/hour"), "k", 10, 10)[0] == 10

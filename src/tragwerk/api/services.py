@@ -67,6 +67,8 @@ class Services:
             await work.stop()
         if self.feed is not None:
             await self.feed.stop()
+        if self.limiter is not None:
+            await self.limiter.close()
         await self.engine.dispose()
 
     def rate_limit_state(self) -> str:

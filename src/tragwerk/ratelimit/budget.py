@@ -3,13 +3,17 @@ of `key` under `limit` and returns a Decision with what is left.
 
 `SharedBudget` serves every request: it reserves a batch from its windows (Redis,
 shared by all instances, or this process's memory) and spends it locally, so only
-one request in a batch waits for the store; a refused key is refused locally until
-its window moves on. `MemoryBudget` counts exactly, one window operation per call:
-for failed authentications and as the fallback while Redis is unreachable.
+one request in a batch would wait for the store; and before a batch runs out it
+reserves the next one in the background, several clients in one round trip, so
+that usually none waits. A refused key is refused locally until its window moves
+on. `MemoryBudget` counts exactly, one window operation per call: for failed
+authentications and as the fallback while Redis is unreachable.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -17,9 +21,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from limits import RateLimitItem
-from limits.util import WindowStats
 
 from tragwerk.ratelimit.local_windows import LocalWindows
+from tragwerk.ratelimit.windows import WindowStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)  # not frozen: a frozen init costs three times as much, per request
@@ -35,62 +41,66 @@ class Budget(Protocol):
 
     async def take(self, limit: RateLimitItem, key: str, cost: int) -> Decision: ...
 
+    async def close(self) -> None: ...
+
 
 class MemoryBudget:
     """Counted in this process only (embedded profile, and the fallback without Redis)."""
 
     def __init__(self) -> None:
-        self._limiter = LocalWindows()
+        self._windows = LocalWindows()
 
     def take_local(self, limit: RateLimitItem, key: str, cost: int) -> Decision | None:
         return None  # every decision asks the store
 
     async def take(self, limit: RateLimitItem, key: str, cost: int) -> Decision:
-        allowed = await self._limiter.hit(limit, key, cost=cost)
-        stats = await self._limiter.get_window_stats(limit, key)
-        reset = max(1, math.ceil(stats.reset_time - time.time()))
-        return Decision(allowed, stats.remaining, reset)
+        granted, left, wait = self._windows.reserve_now(limit, key, cost, cost)
+        return Decision(granted > 0, left, max(1, math.ceil(wait)))
+
+    async def close(self) -> None:
+        await self._windows.close()
 
 
 @dataclass(slots=True)  # thousands of them, one touched per request
 class _Reservation:
     limit: RateLimitItem  # the limit it was reserved under; a changed limit starts afresh
     last_used: float = 0.0
-    tokens: int = 0  # reserved in Redis, not yet spent here
-    grants: int = 0
-    remaining: int = 0  # what Redis said was left after the last reservation
+    tokens: int = 0  # reserved in the store, not yet spent here
+    remaining: int = 0  # what the store said was left after the last reservation
     blocked_until: float = 0.0
     reset_seconds: int = 1
-
-
-class WindowLimiter(Protocol):
-    """What a budget needs of its store: limits' sliding-window limiter, or LocalWindows."""
-
-    async def hit(self, item: RateLimitItem, key: str, cost: int = 1) -> bool: ...
-
-    async def get_window_stats(self, item: RateLimitItem, key: str) -> WindowStats: ...
+    low_water: int = 0  # below this many tokens, reserve the next batch in the background
+    refilling: bool = False  # a background reservation is under way
 
 
 @dataclass
 class SharedBudget:
-    """One budget for all instances, reserved from Redis in batches.
+    """One budget for all instances, reserved from the windows in batches.
 
     A batch is an eighth of what the store last said was left, between `batch_share`
     and `max_batch_share` of the limit (and at least the request's cost): large while
     a client is far from its limit, so that it seldom asks the store, and small near
-    the limit, where accuracy matters. Tokens reserved but unspent when a window ends
-    are lost, so across N instances a client gets between limit - N x batch and the
-    limit; with two instances within 4 % when it spreads its requests over both, and
-    within 8 % even if it moves them all to one (docs/decisions/0005).
+    the limit, where accuracy matters. While much is left, a key whose tokens fall
+    below a quarter of its last batch is queued for a background reservation; the
+    queue is sent after `coalesce_seconds`, all its keys in one round trip. Near the
+    limit nothing is reserved ahead, so accuracy there is that of plain batches.
+    Tokens reserved but unspent when a window ends are lost, so across N instances a
+    client gets between limit - N x batch and the limit (docs/decisions/0005).
     """
 
-    windows: WindowLimiter  # limits' SlidingWindowCounterRateLimiter over Redis, or LocalWindows
+    windows: WindowStore  # RedisWindows (shared by all instances) or LocalWindows
     batch_share: float = 0.02  # the smallest batch, as a share of the limit
     max_batch_share: float = 0.06  # the largest, while much of the budget is left
     clock: Callable[[], float] = time.monotonic
-    _reserved: dict[str, _Reservation] = field(default_factory=dict)
     idle_seconds: float = 300.0  # reservations unused this long are forgotten
+    prefetch: bool = True  # reserve the next batch before this one runs out
+    coalesce_seconds: float = 0.02  # how long background reservations gather
+    on_store_error: Callable[[Exception], None] | None = None  # a background ask failed
+    _reserved: dict[str, _Reservation] = field(default_factory=dict)
     _takes: int = 0
+    _pending: list[tuple[str, _Reservation]] = field(default_factory=list)
+    _flushing: bool = False
+    _flush_task: asyncio.Task[None] | None = None
 
     def take_local(self, limit: RateLimitItem, key: str, cost: int) -> Decision | None:
         """Decide from this instance's reservation alone, or None if the store must be asked.
@@ -106,9 +116,12 @@ class SharedBudget:
         self._takes += 1
         if not self._takes & 4095:
             self._forget_idle(now)
-        if slot.tokens >= cost:
-            slot.tokens -= cost
-            return Decision(True, slot.remaining + slot.tokens, slot.reset_seconds)
+        tokens = slot.tokens
+        if tokens >= cost:
+            slot.tokens = tokens = tokens - cost
+            if tokens < slot.low_water and not slot.refilling:
+                self._refill_soon(key, slot)
+            return Decision(True, slot.remaining + tokens, slot.reset_seconds)
         if now < slot.blocked_until:
             return Decision(False, 0, max(1, math.ceil(slot.blocked_until - now)))
         return None
@@ -119,42 +132,78 @@ class SharedBudget:
             return decided
         slot = self._reserved[key]
         now = slot.last_used
-        amount = limit.amount
-        batch = max(
+        ((granted, left, wait),) = await self.windows.reserve(
+            [(limit, key, self._batch(slot, cost), cost)]
+        )
+        if granted:
+            self._credit(slot, granted, left, wait)
+            slot.tokens -= cost
+            return Decision(True, slot.remaining + slot.tokens, slot.reset_seconds)
+        slot.blocked_until = now + wait
+        slot.remaining = slot.low_water = 0
+        slot.reset_seconds = max(1, math.ceil(wait))
+        return Decision(False, 0, slot.reset_seconds)
+
+    def _batch(self, slot: _Reservation, cost: int) -> int:
+        amount = slot.limit.amount
+        return max(
             cost,
             int(amount * self.batch_share),
             min(int(amount * self.max_batch_share), slot.remaining // 8),
         )
-        granted = 0
-        if await self.windows.hit(limit, key, cost=batch):
-            granted = batch
-        elif batch > cost:
-            # The batch no longer fits: take what is left of the window in one go
-            # (at most a batch), rather than a round trip per request to its end.
-            left = min(batch, (await self.windows.get_window_stats(limit, key)).remaining)
-            if left >= cost:
-                if await self.windows.hit(limit, key, cost=left):
-                    granted = left
-                elif await self.windows.hit(limit, key, cost=cost):  # others took some
-                    granted = cost
-        if granted:
-            slot.tokens += granted - cost
-            slot.grants += 1
-            if slot.grants % 8 == 1:
-                # What is left in the store, asked now and then: every other time it is
-                # estimated from our own spending (other instances' is not seen until
-                # the next ask), which saves a round trip per batch.
-                stats = await self.windows.get_window_stats(limit, key)
-                slot.remaining = stats.remaining
-                slot.reset_seconds = max(1, math.ceil(stats.reset_time - time.time()))
-            else:
-                slot.remaining = max(0, slot.remaining - granted)
-            return Decision(True, slot.remaining + slot.tokens, slot.reset_seconds)
-        stats = await self.windows.get_window_stats(limit, key)
-        wait = max(1, math.ceil(stats.reset_time - time.time()))
-        slot.blocked_until = now + wait
-        slot.reset_seconds = wait
-        return Decision(False, 0, wait)
+
+    def _credit(self, slot: _Reservation, granted: int, left: int, wait: float) -> None:
+        slot.tokens += granted
+        slot.remaining = left
+        slot.reset_seconds = max(1, math.ceil(wait))
+        slot.blocked_until = 0.0
+        # Reserve ahead only while the window has plenty left (four more batches):
+        # near the limit a batch held ahead would be lost at the window's end.
+        slot.low_water = granted // 4 if self.prefetch and left >= 4 * granted else 0
+
+    def _refill_soon(self, key: str, slot: _Reservation) -> None:
+        slot.refilling = True
+        self._pending.append((key, slot))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().call_later(self.coalesce_seconds, self._start_flush)
+
+    def _start_flush(self) -> None:
+        self._flush_task = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        """Reserve the queued keys' next batches, all in one ask of the store."""
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                asks = [(slot.limit, key, self._batch(slot, 1), 1) for key, slot in batch]
+                try:
+                    grants = await self.windows.reserve(asks)
+                except Exception as exc:  # noqa: BLE001 - the request path asks again and falls back
+                    for _key, slot in batch:
+                        slot.refilling = False
+                    if self.on_store_error is not None:
+                        self.on_store_error(exc)
+                    else:
+                        log.warning("background reservation failed: %r", exc)
+                    return
+                for (_key, slot), (granted, left, wait) in zip(batch, grants, strict=True):
+                    slot.refilling = False
+                    if granted:
+                        self._credit(slot, granted, left, wait)
+                    else:  # the window is spent: no more asking ahead
+                        slot.remaining = slot.low_water = 0
+        finally:
+            for _key, slot in self._pending:
+                slot.refilling = False
+            self._pending.clear()
+            self._flushing = False
+
+    async def close(self) -> None:
+        """Stop reserving ahead and release the store's connections (at shutdown)."""
+        if self._flush_task is not None:
+            self._flush_task.cancel()
+        await self.windows.close()
 
     def _forget_idle(self, now: float) -> None:
         """Drop reservations of clients gone quiet, so that many addresses do not pile up."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from limits import RateLimitItem
 
 from tragwerk.domain.observability import ModuleReporter
-from tragwerk.ratelimit.budget import Budget, Decision, MemoryBudget
+from tragwerk.ratelimit.budget import Budget, Decision, MemoryBudget, SharedBudget
 from tragwerk.ratelimit.policy import FailMode, Tier, TierPolicy, parse_limit
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,9 @@ class RequestLimiter:
         self.defaults = dict(self.defaults or self.policies)
         # Key prefixes built once: string formatting per request showed in profiles.
         self._prefixes = {tier: f"{self.namespace}:{tier.value}:" for tier in Tier}
+        if self.shared and isinstance(self.budget, SharedBudget):
+            # A failed background reservation counts like a failed request-path one.
+            self.budget.on_store_error = self._store_failed
 
     def apply_overrides(self, overrides: Mapping[Tier, tuple[str, str]]) -> None:
         """Limits changed at run time: (rate, fail mode) per tier over the defaults."""
@@ -99,6 +102,9 @@ class RequestLimiter:
         if policy.fail_mode is FailMode.LOCAL:
             return await self._fallback.take(policy.limit, key, cost)
         return None
+
+    async def close(self) -> None:
+        await self.budget.close()
 
     def _store_failed(self, exc: Exception) -> None:
         self._shared_down_until = self.clock() + RETRY_SHARED_AFTER_SECONDS
