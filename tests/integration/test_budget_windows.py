@@ -16,8 +16,8 @@ from redis.asyncio import Redis
 from tests.services import require_service
 from tragwerk.ratelimit.budget import SharedBudget
 from tragwerk.ratelimit.local_windows import LocalWindows
-from tragwerk.ratelimit.redis_windows import RedisWindows
 from tragwerk.ratelimit.policy import parse_limit
+from tragwerk.ratelimit.redis_windows import RedisWindows
 from tragwerk.ratelimit.windows import Ask, Grant, WindowStore
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
