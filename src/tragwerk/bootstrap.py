@@ -114,11 +114,11 @@ def build_limiter(settings: Settings, metrics: Metrics) -> RequestLimiter:
         windows = LocalWindows()
     return RequestLimiter(
         policies=policies,
-        budget=SharedBudget(windows),
+        # Keys in the store: "<namespace>:token:<id>" or "<namespace>:ip:<address>".
+        budget=SharedBudget(windows, prefix=f"{settings.redis_namespace}:"),
         reporter=metrics.module("ratelimit"),
         auth_failures=parse_limit(settings.limit_auth_failures),
         shared=settings.redis_url is not None,
-        namespace=settings.redis_namespace,
     )
 
 

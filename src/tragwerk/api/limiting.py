@@ -113,7 +113,7 @@ class Limiting:
         client = (scope.get("client") or _NO_CLIENT)[0]
         raw = header(scope, b"authorization")
         if raw is None:
-            tier, key = _ANONYMOUS, client
+            tier, key = _ANONYMOUS, "ip:" + client
         else:
             wait = limiter.auth_blocked(client)
             if wait:
@@ -181,7 +181,7 @@ class Limiting:
         client: str,
         cost: int,
     ) -> Admitted:
-        tier, key = _ANONYMOUS, client
+        tier, key = _ANONYMOUS, "ip:" + client
         try:
             who = await authenticate(self.services, raw.decode("latin-1"))
         except Unauthenticated:
@@ -215,7 +215,7 @@ def _identified(scope: Scope, who: Principal) -> tuple[Tier, str]:
     """The tier and budget key of an authenticated request; the principal is kept in
     the scope so that the routes need not look the token up again."""
     scope[SCOPE_KEY] = who
-    return (_INTERNAL if who.internal else _EXTERNAL), str(who.token_id)
+    return (_INTERNAL if who.internal else _EXTERNAL), who.key
 
 
 async def _settled(outcome: Deciding) -> Admitted:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 
@@ -56,6 +56,12 @@ class Principal:
     service_client_id: int | None
     internal: bool
     permissions: frozenset[str]
+    # "token:<id>": what the token's requests are counted under. Built once per cached
+    # principal: a string built per request must be hashed again for every look-up.
+    key: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"token:{self.token_id}")
 
     def can(self, permission: Permission) -> bool:
         return permission.value in self.permissions

@@ -89,6 +89,7 @@ class SharedBudget:
     """
 
     windows: WindowStore  # RedisWindows (shared by all instances) or LocalWindows
+    prefix: str = ""  # before every key in the store: deployments sharing a Redis keep apart
     batch_share: float = 0.02  # the smallest batch, as a share of the limit
     max_batch_share: float = 0.06  # the largest, while much of the budget is left
     clock: Callable[[], float] = time.monotonic
@@ -133,7 +134,7 @@ class SharedBudget:
         slot = self._reserved[key]
         now = slot.last_used
         ((granted, left, wait),) = await self.windows.reserve(
-            [(limit, key, self._batch(slot, cost), cost)]
+            [(limit, self.prefix + key, self._batch(slot, cost), cost)]
         )
         if granted:
             self._credit(slot, granted, left, wait)
@@ -176,7 +177,9 @@ class SharedBudget:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
-                asks = [(slot.limit, key, self._batch(slot, 1), 1) for key, slot in batch]
+                asks = [
+                    (slot.limit, self.prefix + key, self._batch(slot, 1), 1) for key, slot in batch
+                ]
                 try:
                     grants = await self.windows.reserve(asks)
                 except Exception as exc:  # noqa: BLE001 - the request path asks again and falls back

@@ -30,19 +30,15 @@ class RequestLimiter:
     reporter: ModuleReporter
     auth_failures: RateLimitItem
     shared: bool = False  # budget is the Redis one; failures fall back per tier
-    namespace: str = "tragwerk"  # deployments sharing one Redis keep apart by this
     clock: Callable[[], float] = time.monotonic
     _fallback: MemoryBudget = field(default_factory=MemoryBudget)
     _shared_down_until: float = 0.0
     store_healthy: bool = True
     defaults: Mapping[Tier, TierPolicy] = field(default_factory=dict)
     _blocked: dict[str, float] = field(default_factory=dict)  # address -> blocked until
-    _prefixes: dict[Tier, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.defaults = dict(self.defaults or self.policies)
-        # Key prefixes built once: string formatting per request showed in profiles.
-        self._prefixes = {tier: f"{self.namespace}:{tier.value}:" for tier in Tier}
         if self.shared and isinstance(self.budget, SharedBudget):
             # A failed background reservation counts like a failed request-path one.
             self.budget.on_store_error = self._store_failed
@@ -66,9 +62,9 @@ class RequestLimiter:
         """
         if self._shared_down_until and self.clock() < self._shared_down_until:
             return None  # the fallback decides, in check()
-        tier = policy.tier
-        decision = self.budget.take_local(policy.limit, self._prefixes[tier] + key, cost)
+        decision = self.budget.take_local(policy.limit, key, cost)
         if decision is not None:
+            tier = policy.tier
             self.reporter.count(_ALLOWED[tier] if decision.allowed else _LIMITED[tier])
         return decision
 
@@ -76,7 +72,7 @@ class RequestLimiter:
         tier = policy.tier
         # Timed: this is the path that may wait for the store (check_local is not).
         with self.reporter.operation("check"):
-            decision = await self._take(policy, self._prefixes[tier] + key, cost)
+            decision = await self._take(policy, key, cost)
         if decision is None:  # shared store down and the tier fails closed
             self.reporter.count(f"unavailable:{tier.value}")
             return Decision(False, 0, int(RETRY_SHARED_AFTER_SECONDS), unavailable=True)
