@@ -28,6 +28,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import httpx
@@ -83,10 +84,16 @@ def wrk(port: int, tokens_file: Path, path: str, connections: int, seconds: int)
     return servers.wrk(port, connections, seconds, TOKENS_FILE=str(tokens_file), TARGET_PATH=path)
 
 
-def throughput(url: str, tokens_file: Path, seconds: int) -> list[dict[str, Any]]:
+def throughput(url: str, tokens_file: Path, seconds: int, rounds: int) -> list[dict[str, Any]]:
     """The cached endpoint with the limiter off, on memory and on Redis; then off and
     on Redis with two instances sharing core 0 (and Redis), each loaded by its own wrk
-    with half the connections: every client's requests then spread over both."""
+    with half the connections: every client's requests then spread over both.
+
+    All five run once per round, in turn, and each configuration's share of "off" is
+    taken within its round: this machine's speed drifts by more than the limiter
+    costs, so only figures measured side by side compare. The report gives each
+    configuration's median over the rounds, and the server's CPU time per request.
+    """
     off = {"TRAGWERK_RATE_LIMIT": "off", "TRAGWERK_MAX_IN_FLIGHT": "0"}
     configs: list[tuple[str, int, dict[str, str]]] = [
         ("limiter off", 1, off),
@@ -95,25 +102,49 @@ def throughput(url: str, tokens_file: Path, seconds: int) -> list[dict[str, Any]
         ("limiter off, two instances", 2, off),
         ("redis, two instances", 2, {"TRAGWERK_REDIS_URL": REDIS}),
     ]
-    results: list[dict[str, Any]] = []
-    baseline: dict[int, float] = {}
-    for label, instances, env in configs:
-        namespace = {"TRAGWERK_REDIS_NAMESPACE": f"bench-{uuid.uuid4().hex}"}
-        ports = [PORT + n for n in range(instances)]
-        procs = [start(port, TRAGWERK_DATABASE_URL=url, **env, **namespace) for port in ports]
-        try:
-            say(f"throughput | {label}")
-            load(ports, tokens_file, 3)
-            result = load(ports, tokens_file, seconds)
-        finally:
-            for proc in procs:
-                stop(proc)
-        result["config"] = label
-        result["instances"] = instances
-        baseline.setdefault(instances, result["rps"])  # the first of each shape is "off"
-        result["vs_off"] = result["rps"] / baseline[instances]
-        results.append(result)
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _n, _env in configs}
+    for round_ in range(1, rounds + 1):
+        baseline: dict[int, float] = {}
+        for label, instances, env in configs:
+            namespace = {"TRAGWERK_REDIS_NAMESPACE": f"bench-{uuid.uuid4().hex}"}
+            ports = [PORT + n for n in range(instances)]
+            procs = [start(port, TRAGWERK_DATABASE_URL=url, **env, **namespace) for port in ports]
+            try:
+                say(f"throughput | round {round_}/{rounds} | {label}")
+                load(ports, tokens_file, 3)
+                cpu_before = sum(cpu_seconds(proc.pid) for proc in procs)
+                result = load(ports, tokens_file, seconds)
+                cpu = sum(cpu_seconds(proc.pid) for proc in procs) - cpu_before
+            finally:
+                for proc in procs:
+                    stop(proc)
+            result["cpu_us_per_request"] = 1e6 * cpu / max(1, result["requests"])
+            baseline.setdefault(instances, result["rps"])  # the first of each shape is "off"
+            result["vs_off"] = result["rps"] / baseline[instances]
+            runs[label].append(result)
+    results = []
+    for label, instances, _env in configs:
+        rows = runs[label]
+        results.append(
+            {
+                "config": label,
+                "instances": instances,
+                "rounds": rows,
+                "rps": median(r["rps"] for r in rows),
+                "vs_off": median(r["vs_off"] for r in rows),
+                "cpu_us_per_request": median(r["cpu_us_per_request"] for r in rows),
+                "p50_us": median(r["p50_us"] for r in rows),
+                "p99_us": median(r["p99_us"] for r in rows),
+                "status_errors": sum(r["status_errors"] for r in rows),
+            }
+        )
     return results
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (taskset execs the server: same pid)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def load(ports: list[int], tokens_file: Path, seconds: int) -> dict[str, Any]:
@@ -184,7 +215,7 @@ def p99(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
-async def flood(url: str, seconds: int, workdir: Path) -> dict[str, Any]:
+async def flood(url: str, seconds: int, workdir: Path, rounds: int) -> dict[str, Any]:
     """Ten paced clients with and without one client at 20x its limit beside them.
 
     Both loads are wrk processes on core 1 (a Python client's own event loop was most
@@ -209,21 +240,43 @@ async def flood(url: str, seconds: int, workdir: Path) -> dict[str, Any]:
             return servers.wrk(PORT, 10, seconds, TOKEN=flooder, TARGET_PATH=path, DELAY_MS="100")
 
         polite(2)  # warm caches and connections
-        result: dict[str, Any] = {}
-        for label, with_flood in (("without flood", False), ("with flood", True)):
-            with ThreadPoolExecutor(2) as pool:
-                calm = pool.submit(polite, seconds)
-                flood_run = pool.submit(flooding) if with_flood else None
-                p = calm.result()
-                f = flood_run.result() if flood_run is not None else None
-            result[label] = {
-                "polite_p50_ms": p["p50_us"] / 1000,
-                "polite_p99_ms": p["p99_us"] / 1000,
-                "polite_requests": p["requests"],
-                "polite_refused": p["status_errors"],
-                "flood_requests": f["requests"] if f else 0,
-                "flood_refused": f["status_errors"] if f else 0,
+        # Without and with the flood in turn, `rounds` times; the medians are reported
+        # (one pair of runs on this machine differs by more than the flood's effect).
+        runs: dict[str, list[dict[str, Any]]] = {"without flood": [], "with flood": []}
+        for _round in range(rounds):
+            for label, with_flood in (("without flood", False), ("with flood", True)):
+                with ThreadPoolExecutor(2) as pool:
+                    calm = pool.submit(polite, seconds)
+                    flood_run = pool.submit(flooding) if with_flood else None
+                    p = calm.result()
+                    f = flood_run.result() if flood_run is not None else None
+                runs[label].append(
+                    {
+                        "polite_p50_ms": p["p50_us"] / 1000,
+                        "polite_p99_ms": p["p99_us"] / 1000,
+                        "polite_requests": p["requests"],
+                        "polite_refused": p["status_errors"],
+                        "flood_requests": f["requests"] if f else 0,
+                        "flood_refused": f["status_errors"] if f else 0,
+                    }
+                )
+        result = {
+            label: {
+                "rounds": rows,
+                "polite_p50_ms": median(r["polite_p50_ms"] for r in rows),
+                "polite_p99_ms": median(r["polite_p99_ms"] for r in rows),
+                **{
+                    name: sum(r[name] for r in rows)
+                    for name in (
+                        "polite_requests",
+                        "polite_refused",
+                        "flood_requests",
+                        "flood_refused",
+                    )
+                },
             }
+            for label, rows in runs.items()
+        }
     finally:
         stop(proc)
     return result
@@ -274,6 +327,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of the throughput configurations and of the flood pair (medians reported)",
+    )
+    parser.add_argument(
         "--only",
         choices=PARTS,
         action="append",
@@ -291,13 +350,13 @@ def main() -> int:
         tokens_file.write_text("\n".join(asyncio.run(make_tokens(url, 1000))) + "\n")
         report: dict[str, Any] = {}
         if "throughput" in parts:
-            report["throughput"] = throughput(url, tokens_file, args.duration)
+            report["throughput"] = throughput(url, tokens_file, args.duration, args.rounds)
         if "accuracy" in parts:
             say("accuracy over two instances")
             report["accuracy"] = asyncio.run(accuracy(url, 600))
         if "flood" in parts:
             say("flood")
-            report["flood"] = asyncio.run(flood(url, args.duration, workdir))
+            report["flood"] = asyncio.run(flood(url, args.duration, workdir, args.rounds))
         if "saturation" in parts:
             say("saturation")
             report["saturation"] = asyncio.run(saturation(url, args.duration, tokens_file))
@@ -313,12 +372,15 @@ def main() -> int:
 
 def print_report(report: dict[str, Any]) -> None:
     if "throughput" in report:
-        print("| limiter | req/s | p50 ms | p99 ms | vs off | non-2xx |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print("medians over the rounds; in brackets each round's share of its own 'off'")
+        print("| limiter | req/s | vs off | CPU µs/request | p50 ms | p99 ms | non-2xx |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for r in report["throughput"]:
+            shares = ", ".join(f"{x['vs_off']:.0%}" for x in r["rounds"])
             print(
-                f"| {r['config']} | {r['rps']:,.0f} | {r['p50_us'] / 1000:.1f} | "
-                f"{r['p99_us'] / 1000:.1f} | {r['vs_off']:.0%} | {r['status_errors']} |"
+                f"| {r['config']} | {r['rps']:,.0f} | {r['vs_off']:.0%} ({shares}) | "
+                f"{r['cpu_us_per_request']:.1f} | {r['p50_us'] / 1000:.1f} | "
+                f"{r['p99_us'] / 1000:.1f} | {r['status_errors']} |"
             )
     if "accuracy" in report:
         a = report["accuracy"]
@@ -327,8 +389,10 @@ def print_report(report: dict[str, Any]) -> None:
             f"across two instances ({a['ratio']:.1%})"
         )
     for label, f in report.get("flood", {}).items():
+        p99s = ", ".join(f"{r['polite_p99_ms']:.1f}" for r in f["rounds"])
         print(
-            f"flood, {label}: polite p50 {f['polite_p50_ms']:.1f} ms, "
+            f"flood, {label} (medians; p99 per round {p99s} ms): "
+            f"polite p50 {f['polite_p50_ms']:.1f} ms, "
             f"p99 {f['polite_p99_ms']:.1f} ms, polite {f['polite_requests']} sent / "
             f"{f['polite_refused']} refused, "
             f"flood {f['flood_requests']} sent / {f['flood_refused']} refused"
