@@ -176,12 +176,16 @@ async def test_reservations_of_quiet_clients_are_forgotten() -> None:
     now = [0.0]
     shared = SharedBudget(LocalWindows(), clock=lambda: now[0], idle_seconds=60)
     limit = parse_limit("100/minute")
-    for i in range(5000):
-        now[0] = i * 0.1  # 5,000 one-off clients over 500 s
+    for i in range(10_000):
+        now[0] = i * 0.1  # 10,000 one-off clients over 1,000 s
         await shared.take(limit, f"client-{i}", 1)
     keys = set(shared._reserved)
-    assert "client-0" not in keys  # quiet for 500 s: forgotten at the 4,096th take
-    assert len(keys) < 2000  # bounded by the sweep interval, not by clients ever seen
+    # A sweep every 4,096 takes forgets those not seen in a period that ended over
+    # 60 s ago: at the 8,192nd take, the first period's 4,096 clients.
+    assert "client-0" not in keys
+    assert "client-4096" in keys  # its period ended at the last sweep, 0 s before
+    assert len(keys) == 10_000 - 4096  # bounded by two sweep periods, not by all clients
+    assert len(shared._period_ends) <= 2  # and so are the periods remembered
 
 
 class Failing:

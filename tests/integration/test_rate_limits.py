@@ -200,6 +200,44 @@ async def test_redis_stopping_mid_way_falls_back_per_tier(
     await instance.client.aclose()
 
 
+async def test_batches_are_reserved_ahead_and_a_failure_there_is_noticed(
+    database_url: str, own_redis: tuple[int, subprocess.Popen[bytes]]
+) -> None:
+    port, proc = own_redis
+    settings = Settings(
+        database_url=database_url,
+        redis_url=f"redis://127.0.0.1:{port}/0",
+        limit_external="1000/minute",  # batches of 20, then 60: reserved ahead below 15
+        limit_auth_failures="1000/minute",
+    )
+    instance, app = await make_api(database_url, settings)
+    async with app.router.lifespan_context(app):
+        for _ in range(60):
+            assert (await instance.get("/v1/locations")).status_code == 200
+        await asyncio.sleep(0.1)  # background reservations gather for 20 ms
+        text = (await instance.client.get("/metrics")).text
+        assert 'module="ratelimit",operation="reserve_ahead"' in text
+        ahead = [
+            line
+            for line in text.splitlines()
+            if 'event="reserved_ahead"' in line and line.startswith("tragwerk_module_events")
+        ]
+        assert ahead
+        assert float(ahead[0].split()[-1]) >= 1
+        proc.kill()
+        proc.wait()
+        # The tokens in hand are spent without Redis; the next background reservation
+        # fails, and the limiter says so before any request had to wait for Redis.
+        codes = set()
+        for _ in range(80):
+            codes.add((await instance.get("/v1/locations")).status_code)
+            await asyncio.sleep(0.005)
+        assert codes == {200}
+        ready = (await instance.client.get("/health/ready")).json()
+        assert ready["checks"]["rate_limit"].startswith("failing")
+    await instance.client.aclose()
+
+
 async def test_a_saturated_instance_serves_the_internal_lane_and_sheds_bulk(
     api: Api, database_url: str
 ) -> None:

@@ -109,24 +109,26 @@ class Limiting:
             return False
         limiter = self.limiter
         if limiter is None:
-            return self._place(_EXTERNAL, method, cost)
+            return self._place(lane_of(_EXTERNAL, method, cost))
         client = (scope.get("client") or _NO_CLIENT)[0]
         raw = header(scope, b"authorization")
         if raw is None:
             tier, key = _ANONYMOUS, "ip:" + client
         else:
-            wait = limiter.auth_blocked(client)
-            if wait:
-                return Refusal(
-                    429,
-                    "too-many-failed-authentications",
-                    "too many failed authentications from this address",
-                    wait,
-                )
+            if limiter.blocked:  # some address is blocked: is it this one?
+                wait = limiter.auth_blocked(client)
+                if wait:
+                    return Refusal(
+                        429,
+                        "too-many-failed-authentications",
+                        "too many failed authentications from this address",
+                        wait,
+                    )
             who = authenticate_cached(self.services, raw)
             if who is None:  # not cached (or not valid): look it up, then go on
                 return self._admit_after_lookup(scope, fields, limiter, raw, client, cost)
-            tier, key = _identified(scope, who)
+            scope[SCOPE_KEY] = who  # the routes need not look the token up again
+            tier, key = (_INTERNAL if who.internal else _EXTERNAL), who.key
         policy = limiter.policies[tier]
         decision = limiter.check_local(policy, key, cost)
         if decision is None:  # no budget reserved here: reserve a batch, then go on
@@ -151,13 +153,18 @@ class Limiting:
         )
         if not decision.allowed:
             return _refusal(policy, decision, cost)
-        return self._place(tier, method, cost)
-
-    def _place(self, tier: Tier, method: str, cost: int) -> Deciding:
         admission = self.admission
         if admission is None:
             return False
         lane = lane_of(tier, method, cost)
+        if admission.try_enter(lane):  # a free place and nobody waiting
+            return True
+        return self._queue(admission, lane)
+
+    def _place(self, lane: Lane) -> Deciding:
+        admission = self.admission
+        if admission is None:
+            return False
         if admission.try_enter(lane):  # a free place and nobody waiting
             return True
         return self._queue(admission, lane)

@@ -35,13 +35,15 @@ class RequestLimiter:
     _shared_down_until: float = 0.0
     store_healthy: bool = True
     defaults: Mapping[Tier, TierPolicy] = field(default_factory=dict)
-    _blocked: dict[str, float] = field(default_factory=dict)  # address -> blocked until
+    blocked: dict[str, float] = field(default_factory=dict)  # address -> blocked until
 
     def __post_init__(self) -> None:
         self.defaults = dict(self.defaults or self.policies)
-        if self.shared and isinstance(self.budget, SharedBudget):
-            # A failed background reservation counts like a failed request-path one.
-            self.budget.on_store_error = self._store_failed
+        if isinstance(self.budget, SharedBudget):
+            self.budget.reporter = self.reporter  # background reservations are reported
+            if self.shared:
+                # A failed background reservation counts like a failed request-path one.
+                self.budget.on_store_error = self._store_failed
 
     def apply_overrides(self, overrides: Mapping[Tier, tuple[str, str]]) -> None:
         """Limits changed at run time: (rate, fail mode) per tier over the defaults."""
@@ -115,18 +117,18 @@ class RequestLimiter:
         decision = await self._fallback.take(self.auth_failures, f"authfail:{client}", 1)
         self.reporter.count("auth_failure")
         if not decision.allowed or decision.remaining <= 0:  # that was the last one allowed
-            self._blocked[client] = self.clock() + decision.reset_seconds
+            self.blocked[client] = self.clock() + decision.reset_seconds
 
     def auth_blocked(self, client: str) -> int:
         """Seconds until `client` may try a token again; 0 when it may now.
 
         A dict look-up: this runs on every request that carries a token.
         """
-        until = self._blocked.get(client)
+        until = self.blocked.get(client)
         if until is None:
             return 0
         left = until - self.clock()
         if left <= 0:
-            del self._blocked[client]
+            del self.blocked[client]
             return 0
         return max(1, int(left + 0.999))
