@@ -11,6 +11,17 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Protocol
 
 
+class Tally:
+    """A count its owner adds to directly (`tally.n += 1`), read when metrics are
+    collected. For events on every request, where even a method call per count shows
+    (docs/decisions/0005); `ModuleReporter.count` for the rest."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
 class ModuleReporter(Protocol):
     def operation(self, name: str) -> AbstractContextManager[None]:
         """Time one operation; an exception leaving the block counts as an error."""
@@ -23,6 +34,9 @@ class ModuleReporter(Protocol):
 
     def observe(self, name: str, read: Callable[[], float]) -> None:
         """Report a value read when metrics are collected (an age, a size)."""
+
+    def tally(self, event: str) -> Tally:
+        """A count of `event` kept by the caller: reported with the `count`ed events."""
 
 
 class SilentReporter:
@@ -39,3 +53,6 @@ class SilentReporter:
 
     def observe(self, name: str, read: Callable[[], float]) -> None:
         return None
+
+    def tally(self, event: str) -> Tally:
+        return Tally()

@@ -17,6 +17,8 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from tragwerk.domain.observability import Tally
+
 # Buckets from 0.5 ms to 10 s: database operations and requests both land inside.
 LATENCY_BUCKETS = (
     0.0005,
@@ -55,6 +57,7 @@ class Metrics:
         self.operation_seconds = PlainHistogram(LATENCY_BUCKETS)
         self.operation_errors: dict[tuple[str, str], int] = {}
         self.event_counts: dict[str, dict[str, int]] = {}  # module -> event -> count
+        self.event_tallies: dict[tuple[str, str], list[Tally]] = {}  # kept by their owners
         self.registry.register(_ModuleCollector(self))
         self.values = Gauge(
             "tragwerk_module_value",
@@ -65,6 +68,17 @@ class Metrics:
         self.http = HttpMetrics(self.registry)
 
         self.jobs = JobMetrics(self.registry)
+
+    def events(self) -> dict[tuple[str, str], int]:
+        """Every module's events: the counted ones and the tallies, summed."""
+        events = {
+            (module, event): value
+            for module, counts in self.event_counts.items()
+            for event, value in counts.items()
+        }
+        for key, tallies in self.event_tallies.items():
+            events[key] = events.get(key, 0) + sum(tally.n for tally in tallies)
+        return events
 
     def module(self, name: str) -> ModuleMonitor:
         return ModuleMonitor(self, name)
@@ -107,11 +121,7 @@ class _ModuleCollector(Collector):
             "tragwerk_module_events",
             "Notable events of a module (cache hits and misses, invalidations, reconnects)",
             ["module", "event"],
-            (
-                ((module, event), value)
-                for module, counts in metrics.event_counts.items()
-                for event, value in counts.items()
-            ),
+            metrics.events().items(),
         )
 
 
@@ -230,6 +240,11 @@ class ModuleMonitor:
 
     def observe(self, name: str, read: Callable[[], float]) -> None:
         self._metrics.values.labels(self._module, name).set_function(read)
+
+    def tally(self, event: str) -> Tally:
+        tally = Tally()
+        self._metrics.event_tallies.setdefault((self._module, event), []).append(tally)
+        return tally
 
 
 # Job durations reach from a no-op (well under a millisecond) to a slow webhook.

@@ -72,6 +72,9 @@ class _Reservation:
     reset_seconds: int = 1
     low_water: int = 0  # below this many tokens, reserve the next batch in the background
     refilling: bool = False  # a background reservation is under way
+    # What take_local returns when it allows: updated in place rather than built per
+    # request (a Decision costs a Python-level __init__). The caller reads it at once.
+    allowed: Decision = field(default_factory=lambda: Decision(True, 0, 1))
 
 
 @dataclass
@@ -110,6 +113,9 @@ class SharedBudget:
     def take_local(self, limit: RateLimitItem, key: str, cost: int) -> Decision | None:
         """Decide from this instance's reservation alone, or None if the store must be asked.
 
+        An allowing Decision is the key's own and changes with its next take: read it
+        before anything else can run (no await in between).
+
         Synchronous on purpose, and written flat: most requests end here, and a
         coroutine or even a helper call per request showed in profiles.
         """
@@ -125,7 +131,10 @@ class SharedBudget:
             slot.tokens = tokens = tokens - cost
             if tokens < slot.low_water and not slot.refilling:
                 self._refill_soon(key, slot)
-            return Decision(True, slot.remaining + tokens, slot.reset_seconds)
+            decision = slot.allowed
+            decision.remaining = slot.remaining + tokens
+            decision.reset_seconds = slot.reset_seconds
+            return decision
         now = self.clock()
         if now < slot.blocked_until:
             return Decision(False, 0, max(1, math.ceil(slot.blocked_until - now)))

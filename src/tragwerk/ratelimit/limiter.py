@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from limits import RateLimitItem
 
-from tragwerk.domain.observability import ModuleReporter
+from tragwerk.domain.observability import ModuleReporter, Tally
 from tragwerk.ratelimit.budget import Budget, Decision, MemoryBudget, SharedBudget
 from tragwerk.ratelimit.policy import FailMode, Tier, TierPolicy, parse_limit
 
@@ -36,9 +36,11 @@ class RequestLimiter:
     store_healthy: bool = True
     defaults: Mapping[Tier, TierPolicy] = field(default_factory=dict)
     blocked: dict[str, float] = field(default_factory=dict)  # address -> blocked until
+    _allowed: dict[Tier, Tally] = field(default_factory=dict)  # counted on every request
 
     def __post_init__(self) -> None:
         self.defaults = dict(self.defaults or self.policies)
+        self._allowed = {tier: self.reporter.tally(_ALLOWED[tier]) for tier in Tier}
         if isinstance(self.budget, SharedBudget):
             self.budget.reporter = self.reporter  # background reservations are reported
             if self.shared:
@@ -66,8 +68,10 @@ class RequestLimiter:
             return None  # the fallback decides, in check()
         decision = self.budget.take_local(policy.limit, key, cost)
         if decision is not None:
-            tier = policy.tier
-            self.reporter.count(_ALLOWED[tier] if decision.allowed else _LIMITED[tier])
+            if decision.allowed:
+                self._allowed[policy.tier].n += 1
+            else:
+                self.reporter.count(_LIMITED[policy.tier])
         return decision
 
     async def check(self, policy: TierPolicy, key: str, cost: int) -> Decision:

@@ -45,8 +45,9 @@ class TierPolicy:  # frozen, yet cached_property works: it writes __dict__ direc
         return (b"ratelimit-policy", self.header_policy.encode())
 
     @cached_property
-    def header_name(self) -> bytes:
-        return f'"{self.tier.value}"'.encode()
+    def header_template(self) -> bytes:
+        """The RateLimit field value with its two numbers left to fill in (`% (r, t)`)."""
+        return f'"{self.tier.value}";r=%d;t=%d'.encode()
 
 
 DEFAULT_LIMITS: Mapping[Tier, str] = {
@@ -79,6 +80,10 @@ EXEMPT_PREFIXES = ("/health/", "/metrics", "/docs", "/openapi.json", "/redoc")
 
 def route_cost(method: str, path: str) -> int:
     """0 for exempt paths (health, metrics, docs), else 1 to 5."""
+    if method == "GET":  # the fixed paths most requests go to: one look-up
+        cost = _FIXED_GET_COSTS.get(path)
+        if cost is not None:
+            return cost
     if path.startswith(EXEMPT_PREFIXES):
         return 0
     if method in ("GET", "HEAD"):
@@ -88,3 +93,9 @@ def route_cost(method: str, path: str) -> int:
             return 5
         return 2
     return 5
+
+
+_FIXED_GET_COSTS = {
+    path: route_cost("HEAD", path)
+    for path in (*CACHED_READS, *LISTS, "/health/live", "/health/ready", "/metrics")
+}
