@@ -1,0 +1,158 @@
+"""Benchmark: instructions per served request, limiter off, on memory and on Redis.
+
+    python -m bench.instructions [--tokens 100] [--warm 20] [--seconds 15]
+
+Runs the API under valgrind's callgrind with counting switched off, loads it with
+wrk for `--warm` seconds, then counts the user-space instructions of the API process
+(uvicorn, the app, the libraries; not the kernel) while wrk sends `GET
+/v1/locations` for `--seconds` more, each request with one of `--tokens` tokens.
+Instruction counts do not depend on what else the machine is doing, so unlike
+requests per second they compare across runs and machines of the same software;
+they leave out what the kernel spends (sending responses, waking the load
+generator), which bench/rate_limits.py's throughput includes. Needs valgrind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.list_cases import DEFAULT_URL, HERE, SEED_CASES, prepare, say
+from bench.rate_limits import REDIS, make_tokens
+from bench.servers import ROOT
+
+PORT = 8310
+CONFIGS: list[tuple[str, dict[str, str]]] = [
+    ("limiter off", {"TRAGWERK_RATE_LIMIT": "off", "TRAGWERK_MAX_IN_FLIGHT": "0"}),
+    ("memory", {}),
+    ("redis", {"TRAGWERK_REDIS_URL": REDIS}),
+]
+
+
+def wrk(tokens_file: Path, seconds: int) -> int:
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            "-c16",
+            f"-d{seconds}s",
+            "--timeout",
+            "30s",
+            "-s",
+            str(ROOT / "bench" / "wrk_report.lua"),
+            f"http://127.0.0.1:{PORT}",
+        ],
+        env={**os.environ, "TOKENS_FILE": str(tokens_file), "TARGET_PATH": "/v1/locations"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    report: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    if report["status_errors"]:
+        raise SystemExit(f"{report['status_errors']} responses were not 2xx")
+    return int(report["requests"])
+
+
+def counting(pid: int, state: str) -> None:
+    subprocess.run(["callgrind_control", "-i", state, str(pid)], check=True, capture_output=True)
+
+
+def measure(url: str, env: dict[str, str], tokens_file: Path, warm: int, seconds: int) -> float:
+    workdir = Path(tempfile.mkdtemp(prefix="tragwerk-callgrind-"))
+    log = workdir / "valgrind.log"
+    cmd = [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        f"--callgrind-out-file={workdir / 'callgrind.out'}",
+        sys.executable,
+        "-m",
+        "bench.serve",
+        "tragwerk",
+        "--port",
+        str(PORT),
+    ]
+    full_env = {
+        **os.environ,
+        "TRAGWERK_DATABASE_URL": url,
+        "TRAGWERK_LOG_LEVEL": "warning",
+        "TRAGWERK_REDIS_NAMESPACE": f"bench-{uuid.uuid4().hex}",
+        **env,
+    }
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=full_env, cwd=ROOT, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 300  # start-up under valgrind takes a while
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{PORT}/health/ready", timeout=5).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise SystemExit(f"the API did not start under valgrind: {log}") from None
+                time.sleep(1)
+        wrk(tokens_file, warm)  # caches, reservations, the pool: all warm
+        counting(proc.pid, "on")
+        requests = wrk(tokens_file, seconds)
+        counting(proc.pid, "off")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    found = re.search(r"Collected : ([\d,]+)", log.read_text())
+    if found is None:
+        raise SystemExit(f"no instruction count in {log}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return int(found.group(1).replace(",", "")) / requests
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tokens", type=int, default=100, help="clients (tokens) to spread over")
+    parser.add_argument("--warm", type=int, default=20, help="seconds of load before counting")
+    parser.add_argument("--seconds", type=int, default=15, help="seconds of load counted")
+    args = parser.parse_args()
+    for tool in ("valgrind", "callgrind_control", "wrk"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is missing: apt-get install valgrind wrk")
+    url = os.environ.get("TRAGWERK_BENCH_DATABASE_URL", DEFAULT_URL)
+    workdir = Path(tempfile.mkdtemp(prefix="tragwerk-bench-"))
+    try:
+        asyncio.run(prepare(url, SEED_CASES))
+        tokens_file = workdir / "tokens.txt"
+        tokens_file.write_text("\n".join(asyncio.run(make_tokens(url, args.tokens))) + "\n")
+        results = []
+        for label, env in CONFIGS:
+            say(f"instructions | {label}")
+            per_request = measure(url, env, tokens_file, args.warm, args.seconds)
+            results.append({"config": label, "instructions_per_request": per_request})
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    off = results[0]["instructions_per_request"]
+    print("| configuration | instructions per request | over limiter off |")
+    print("|---|---:|---:|")
+    for r in results:
+        n = r["instructions_per_request"]
+        print(f"| {r['config']} | {n:,.0f} | {n / off - 1:+.1%} |")
+    out = HERE / "results" / "instructions.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    say(f"raw results in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
