@@ -164,20 +164,28 @@ def own_redis() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _on_redis_at(port: int, **values: Any) -> Settings:
+    """Settings for an app on the test's own Redis, with room for every request."""
+    return Settings(
+        redis_url=f"redis://127.0.0.1:{port}/0",
+        **{"limit_external": "1000/minute", "limit_auth_failures": "1000/minute", **values},
+    )
+
+
 async def test_redis_stopping_mid_way_falls_back_per_tier(
     database_url: str, own_redis: tuple[int, subprocess.Popen[bytes]]
 ) -> None:
     port, proc = own_redis
-    settings = Settings(
-        database_url=database_url,
-        redis_url=f"redis://127.0.0.1:{port}/0",
-        limit_external="1000/minute",
-        fail_external="local",
-        limit_anonymous="1000/minute",
-        fail_anonymous="closed",
-        limit_auth_failures="1000/minute",
+    instance, app = await make_api(
+        database_url,
+        _on_redis_at(
+            port,
+            database_url=database_url,
+            fail_external="local",
+            limit_anonymous="1000/minute",
+            fail_anonymous="closed",
+        ),
     )
-    instance, app = await make_api(database_url, settings)
     async with app.router.lifespan_context(app):
         assert (await instance.get("/v1/locations")).status_code == 200
         ready = (await instance.client.get("/health/ready")).json()
@@ -204,13 +212,8 @@ async def test_batches_are_reserved_ahead_and_a_failure_there_is_noticed(
     database_url: str, own_redis: tuple[int, subprocess.Popen[bytes]]
 ) -> None:
     port, proc = own_redis
-    settings = Settings(
-        database_url=database_url,
-        redis_url=f"redis://127.0.0.1:{port}/0",
-        limit_external="1000/minute",  # batches of 20, then 60: reserved ahead below 15
-        limit_auth_failures="1000/minute",
-    )
-    instance, app = await make_api(database_url, settings)
+    # External limit 1,000/minute: batches of 20, then 60, reserved ahead below 15.
+    instance, app = await make_api(database_url, _on_redis_at(port, database_url=database_url))
     async with app.router.lifespan_context(app):
         for _ in range(60):
             assert (await instance.get("/v1/locations")).status_code == 200
