@@ -248,3 +248,16 @@ async def test_both_stores_compute_the_same_grants(windows: Counting) -> None:
     assert got == [(7, 3), (0, 3), (3, 0), (0, 0)]
     ((_granted, _left, wait),) = await windows.reserve([(limit, k, 1, 1)])
     assert 0 < wait <= 86_400  # refused: until the day's window ends
+
+
+async def test_a_reservation_scheduled_before_close_is_not_sent() -> None:
+    windows = Counting(LocalWindows())
+    shared = budget(windows, prefetch=True, coalesce_seconds=0.01)
+    limit, k = parse_limit("10000/day"), key()
+    await shared.take(limit, k, 1)  # a first batch of 200
+    while shared.take_local(limit, k, 1) is not None and not shared._pending:
+        pass  # spend until the next batch is queued
+    calls = windows.calls
+    await shared.close()
+    await asyncio.sleep(0.05)  # past the moment the queue would have been sent
+    assert windows.calls == calls

@@ -109,6 +109,7 @@ class SharedBudget:
     _pending: list[tuple[str, _Reservation]] = field(default_factory=list)
     _flushing: bool = False
     _flush_task: asyncio.Task[None] | None = None
+    _closed: bool = False
 
     def take_local(self, limit: RateLimitItem, key: str, cost: int) -> Decision | None:
         """Decide from this instance's reservation alone, or None if the store must be asked.
@@ -183,6 +184,8 @@ class SharedBudget:
             asyncio.get_running_loop().call_later(self.coalesce_seconds, self._start_flush)
 
     def _start_flush(self) -> None:
+        if self._closed:  # scheduled before shutdown: the store is gone
+            return
         self._flush_task = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
@@ -219,6 +222,7 @@ class SharedBudget:
 
     async def close(self) -> None:
         """Stop reserving ahead and release the store's connections (at shutdown)."""
+        self._closed = True
         if self._flush_task is not None:
             self._flush_task.cancel()
         await self.windows.close()
