@@ -6,11 +6,13 @@
    Redis: one uvicorn process on core 0, wrk on core 1, 64 connections, requests
    spread over 1,000 tokens (1,000 clients, each with its own 1,200/minute budget).
    Then off and on Redis with two instances, both on core 0, one wrk each with 32
-   connections, so that every client's requests spread over both instances.
+   connections, so that every client's requests spread over both instances. All
+   five in turn, `--rounds` times; medians reported, with the server's CPU per request.
 2. Accuracy: two API processes sharing Redis; one client alternates between them
    until refused; allowed requests against its limit.
 3. Flood: ten well-behaved clients (2.5 requests/s each, wrk with a pause between
-   requests) beside one client at 20x its limit; their p99 without and with it.
+   requests) beside one client at 20x its limit; their p99 without and with it,
+   `--rounds` pairs, medians reported.
 4. Saturation: bulk list traffic at 64 connections against max 8 in flight, and an
    internal service at 20 requests/s: the share of internal requests served.
 """
