@@ -20,20 +20,14 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
-from typing import Any
 
-import httpx
-
+from bench import servers
 from bench.list_cases import DEFAULT_URL, HERE, SEED_CASES, prepare, say
 from bench.rate_limits import REDIS, make_tokens
-from bench.servers import ROOT
 
 PORT = 8310
 CONFIGS: list[tuple[str, dict[str, str]]] = [
@@ -44,24 +38,9 @@ CONFIGS: list[tuple[str, dict[str, str]]] = [
 
 
 def wrk(tokens_file: Path, seconds: int) -> int:
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t1",
-            "-c16",
-            f"-d{seconds}s",
-            "--timeout",
-            "30s",
-            "-s",
-            str(ROOT / "bench" / "wrk_report.lua"),
-            f"http://127.0.0.1:{PORT}",
-        ],
-        env={**os.environ, "TOKENS_FILE": str(tokens_file), "TARGET_PATH": "/v1/locations"},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    report: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    report = servers.wrk(
+        PORT, 16, seconds, pin=False, TOKENS_FILE=str(tokens_file), TARGET_PATH="/v1/locations"
+    )
     if report["status_errors"]:
         raise SystemExit(f"{report['status_errors']} responses were not 2xx")
     return int(report["requests"])
@@ -74,44 +53,31 @@ def counting(pid: int, state: str) -> None:
 def measure(url: str, env: dict[str, str], tokens_file: Path, warm: int, seconds: int) -> float:
     workdir = Path(tempfile.mkdtemp(prefix="tragwerk-callgrind-"))
     log = workdir / "valgrind.log"
-    cmd = [
-        "valgrind",
-        "--tool=callgrind",
-        "--instr-atstart=no",
-        f"--callgrind-out-file={workdir / 'callgrind.out'}",
-        sys.executable,
-        "-m",
-        "bench.serve",
-        "tragwerk",
-        "--port",
-        str(PORT),
-    ]
-    full_env = {
-        **os.environ,
-        "TRAGWERK_DATABASE_URL": url,
-        "TRAGWERK_LOG_LEVEL": "warning",
-        "TRAGWERK_REDIS_NAMESPACE": f"bench-{uuid.uuid4().hex}",
-        **env,
-    }
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, env=full_env, cwd=ROOT, stdout=out, stderr=out)
+    proc = servers.start(
+        ["bench.serve", "tragwerk"],
+        PORT,
+        {
+            "TRAGWERK_DATABASE_URL": url,
+            "TRAGWERK_REDIS_NAMESPACE": f"bench-{uuid.uuid4().hex}",
+            **env,
+        },
+        pin=False,
+        wrapper=[
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={workdir / 'callgrind.out'}",
+        ],
+        timeout=300,  # start-up under valgrind takes a while
+        output=log,
+    )
     try:
-        deadline = time.monotonic() + 300  # start-up under valgrind takes a while
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{PORT}/health/ready", timeout=5).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise SystemExit(f"the API did not start under valgrind: {log}") from None
-                time.sleep(1)
         wrk(tokens_file, warm)  # caches, reservations, the pool: all warm
         counting(proc.pid, "on")
         requests = wrk(tokens_file, seconds)
         counting(proc.pid, "off")
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
+        servers.stop(proc, grace=120)  # valgrind writes its count on the way out
     found = re.search(r"Collected : ([\d,]+)", log.read_text())
     if found is None:
         raise SystemExit(f"no instruction count in {log}")

@@ -23,15 +23,26 @@ def start(
     *,
     pin: bool = True,
     ready_path: str = "/health/ready",
+    wrapper: list[str] | None = None,
+    timeout: float = 30,
+    output: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Run `python -m <module_args> --port P` (on core 0 when pinned) until it answers."""
-    cmd = [sys.executable, "-m", *module_args, "--port", str(port)]
+    """Run `python -m <module_args> --port P` (on core 0 when pinned) until it answers.
+
+    `wrapper`: a command to run it under (valgrind, say); `output`: a file for its
+    stdout and stderr.
+    """
+    cmd = [*(wrapper or ()), sys.executable, "-m", *module_args, "--port", str(port)]
     if pin:
         cmd = ["taskset", "-c", "0", *cmd]
     full_env = {**os.environ, "TRAGWERK_LOG_LEVEL": "warning", **env}
-    proc = subprocess.Popen(cmd, env=full_env, cwd=ROOT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    if output is None:
+        proc = subprocess.Popen(cmd, env=full_env, cwd=ROOT)
+    else:
+        with output.open("w") as out:
+            proc = subprocess.Popen(cmd, env=full_env, cwd=ROOT, stdout=out, stderr=out)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=1).raise_for_status()
             return proc
@@ -41,10 +52,10 @@ def start(
     raise SystemExit(f"{' '.join(module_args)} did not start on port {port}")
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
+def stop(proc: subprocess.Popen[bytes], grace: float = 20) -> None:
     proc.send_signal(signal.SIGINT)
     try:
-        proc.wait(timeout=20)
+        proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         proc.kill()
 

@@ -112,14 +112,20 @@ def build_limiter(settings: Settings, metrics: Metrics) -> RequestLimiter:
         )
     else:
         windows = LocalWindows()
-    return RequestLimiter(
+    reporter = metrics.module("ratelimit")
+    # Keys in the store: "<namespace>:token:<id>" or "<namespace>:ip:<address>".
+    budget = SharedBudget(windows, prefix=f"{settings.redis_namespace}:", reporter=reporter)
+    limiter = RequestLimiter(
         policies=policies,
-        # Keys in the store: "<namespace>:token:<id>" or "<namespace>:ip:<address>".
-        budget=SharedBudget(windows, prefix=f"{settings.redis_namespace}:"),
-        reporter=metrics.module("ratelimit"),
+        budget=budget,
+        reporter=reporter,
         auth_failures=parse_limit(settings.limit_auth_failures),
         shared=settings.redis_url is not None,
     )
+    if limiter.shared:
+        # A failed background reservation counts like a failed request-path one.
+        budget.on_store_error = limiter.store_failed
+    return limiter
 
 
 def build_app(settings: Settings, database_url: str, *, with_worker: bool = False) -> FastAPI:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from limits import RateLimitItem
 
 from tragwerk.domain.observability import ModuleReporter, Tally
-from tragwerk.ratelimit.budget import Budget, Decision, MemoryBudget, SharedBudget
+from tragwerk.ratelimit.budget import Budget, Decision, MemoryBudget
 from tragwerk.ratelimit.policy import FailMode, Tier, TierPolicy, parse_limit
 
 log = logging.getLogger(__name__)
@@ -41,11 +41,6 @@ class RequestLimiter:
     def __post_init__(self) -> None:
         self.defaults = dict(self.defaults or self.policies)
         self._allowed = {tier: self.reporter.tally(_ALLOWED[tier]) for tier in Tier}
-        if isinstance(self.budget, SharedBudget):
-            self.budget.reporter = self.reporter  # background reservations are reported
-            if self.shared:
-                # A failed background reservation counts like a failed request-path one.
-                self.budget.on_store_error = self._store_failed
 
     def apply_overrides(self, overrides: Mapping[Tier, tuple[str, str]]) -> None:
         """Limits changed at run time: (rate, fail mode) per tier over the defaults."""
@@ -82,7 +77,10 @@ class RequestLimiter:
         if decision is None:  # shared store down and the tier fails closed
             self.reporter.count(f"unavailable:{tier.value}")
             return Decision(False, 0, int(RETRY_SHARED_AFTER_SECONDS), unavailable=True)
-        self.reporter.count(_ALLOWED[tier] if decision.allowed else _LIMITED[tier])
+        if decision.allowed:
+            self._allowed[tier].n += 1
+        else:
+            self.reporter.count(_LIMITED[tier])
         return decision
 
     async def _take(self, policy: TierPolicy, key: str, cost: int) -> Decision | None:
@@ -92,7 +90,7 @@ class RequestLimiter:
             except Exception as exc:
                 if not self.shared:
                     raise
-                self._store_failed(exc)
+                self.store_failed(exc)
             else:
                 if not self.store_healthy:
                     log.warning("rate-limit store reachable again")
@@ -108,7 +106,9 @@ class RequestLimiter:
     async def close(self) -> None:
         await self.budget.close()
 
-    def _store_failed(self, exc: Exception) -> None:
+    def store_failed(self, exc: Exception) -> None:
+        """The shared store failed (here, or in a background reservation): fall back
+        per tier for a while, and say so once."""
         self._shared_down_until = self.clock() + RETRY_SHARED_AFTER_SECONDS
         self.reporter.count("store_failure")
         if self.store_healthy:
