@@ -261,3 +261,32 @@ async def test_a_reservation_scheduled_before_close_is_not_sent() -> None:
     await shared.close()
     await asyncio.sleep(0.05)  # past the moment the queue would have been sent
     assert windows.calls == calls
+
+
+async def test_windows_in_memory_decide_every_request_without_waiting() -> None:
+    # The embedded profile's budget: LocalWindows itself, not wrapped, so take_local
+    # reserves its batches on the spot and never hands the request to `take`.
+    shared = SharedBudget(LocalWindows())
+    limit, k = parse_limit("1000/day"), key()
+    decisions = [shared.take_local(limit, k, 1) for _ in range(1001)]
+    assert all(d is not None for d in decisions)
+    allowed = [d.allowed for d in decisions if d is not None]
+    assert allowed == [True] * 1000 + [False]  # exactly the limit, in one process
+    refused = decisions[-1]
+    assert refused is not None
+    assert refused.reset_seconds >= 1
+    assert not shared._pending  # nothing reserved ahead in the background
+    assert shared._flush_task is None
+
+
+async def test_one_store_call_carries_many_clients_and_keeps_their_order(
+    windows: Counting,
+) -> None:
+    # More clients than one Redis script call takes (256), so that the Redis store
+    # splits them; every grant must come back to the ask it answers.
+    small, large = parse_limit("3/day"), parse_limit("50/day")
+    asks = [(small if i % 2 else large, key(), 1 + i % 7, 1) for i in range(300)]
+    grants = await windows.reserve(asks)
+    assert windows.calls == 1
+    assert [g[0] for g in grants] == [min(want, lim.amount) for lim, _k, want, _f in asks]
+    assert [g[1] for g in grants] == [lim.amount - min(w, lim.amount) for lim, _k, w, _f in asks]

@@ -24,7 +24,7 @@ from limits import RateLimitItem
 
 from tragwerk.domain.observability import ModuleReporter, SilentReporter
 from tragwerk.ratelimit.local_windows import LocalWindows
-from tragwerk.ratelimit.windows import WindowStore
+from tragwerk.ratelimit.windows import Grant, WindowStore
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +110,20 @@ class SharedBudget:
     _flushing: bool = False
     _flush_task: asyncio.Task[None] | None = None
     _closed: bool = False
+    _reserve_now: Callable[[RateLimitItem, str, int, int], Grant] | None = None
+    _ahead: bool = True  # reserve ahead in the background (see __post_init__)
+
+    def __post_init__(self) -> None:
+        # Windows in this process's memory answer at once: take_local reserves from
+        # them itself, so no request waits for a coroutine and nothing is reserved
+        # ahead in the background (a task and a timer per batch, for nothing).
+        if isinstance(self.windows, LocalWindows):
+            self._reserve_now = self.windows.reserve_now
+        self._ahead = self.prefetch and self._reserve_now is None
 
     def take_local(self, limit: RateLimitItem, key: str, cost: int) -> Decision | None:
-        """Decide from this instance's reservation alone, or None if the store must be asked.
+        """Decide from this instance's reservation alone (or, with windows in memory,
+        from a batch reserved right here), or None if the store must be asked.
 
         An allowing Decision is the key's own and changes with its next take: read it
         before anything else can run (no await in between).
@@ -139,6 +150,9 @@ class SharedBudget:
         now = self.clock()
         if now < slot.blocked_until:
             return Decision(False, 0, max(1, math.ceil(slot.blocked_until - now)))
+        if self._reserve_now is not None:  # windows in this process: reserve right here
+            grant = self._reserve_now(limit, self.prefix + key, self._batch(slot, cost), cost)
+            return self._spend(slot, cost, now, grant)
         return None
 
     async def take(self, limit: RateLimitItem, key: str, cost: int) -> Decision:
@@ -147,9 +161,14 @@ class SharedBudget:
             return decided
         slot = self._reserved[key]
         now = self.clock()
-        ((granted, left, wait),) = await self.windows.reserve(
+        (grant,) = await self.windows.reserve(
             [(limit, self.prefix + key, self._batch(slot, cost), cost)]
         )
+        return self._spend(slot, cost, now, grant)
+
+    def _spend(self, slot: _Reservation, cost: int, now: float, grant: Grant) -> Decision:
+        """Credit a fresh reservation and spend `cost` from it, or note the refusal."""
+        granted, left, wait = grant
         if granted:
             self._credit(slot, granted, left, wait)
             slot.tokens -= cost
@@ -174,7 +193,7 @@ class SharedBudget:
         slot.blocked_until = 0.0
         # Reserve ahead only while the window has plenty left (four more batches):
         # near the limit a batch held ahead would be lost at the window's end.
-        slot.low_water = granted // 4 if self.prefetch and left >= 4 * granted else 0
+        slot.low_water = granted // 4 if self._ahead and left >= 4 * granted else 0
 
     def _refill_soon(self, key: str, slot: _Reservation) -> None:
         slot.refilling = True
