@@ -180,8 +180,8 @@ async def test_reservations_of_quiet_clients_are_forgotten() -> None:
         now[0] = i * 0.1  # 10,000 one-off clients over 1,000 s
         await shared.take(limit, f"client-{i}", 1)
     keys = set(shared._reserved)
-    # A sweep every 4,096 takes forgets those not seen in a period that ended over
-    # 60 s ago: at the 8,192nd take, the first period's 4,096 clients.
+    # A sweep every 4,096 new clients forgets those not seen in a period that ended
+    # over 60 s ago: at the 8,192nd client, the first period's 4,096.
     assert "client-0" not in keys
     assert "client-4096" in keys  # its period ended at the last sweep, 0 s before
     assert len(keys) == 10_000 - 4096  # bounded by two sweep periods, not by all clients

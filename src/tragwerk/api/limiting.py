@@ -103,13 +103,12 @@ class Limiting:
         limiter = self.limiter
         if limiter is None:
             return self._place(_EXTERNAL, method, cost)
-        client = (scope.get("client") or _NO_CLIENT)[0]
         raw = header(scope, b"authorization")
         if raw is None:
-            tier, key = _ANONYMOUS, "ip:" + client
+            tier, key = _ANONYMOUS, "ip:" + _client(scope)
         else:
             if limiter.blocked:  # some address is blocked: is it this one?
-                wait = limiter.auth_blocked(client)
+                wait = limiter.auth_blocked(_client(scope))
                 if wait:
                     return Refusal(
                         429,
@@ -119,7 +118,7 @@ class Limiting:
                     )
             who = authenticate_cached(self.services, raw)
             if who is None:  # not cached (or not valid): look it up, then go on
-                return self._admit_after_lookup(scope, fields, limiter, raw, client, cost)
+                return self._admit_after_lookup(scope, fields, limiter, raw, cost)
             scope[SCOPE_KEY] = who  # the routes need not look the token up again
             tier, key = (_INTERNAL if who.internal else _EXTERNAL), who.key
         policy = limiter.policies[tier]
@@ -178,9 +177,9 @@ class Limiting:
         fields: list[tuple[bytes, bytes]],
         limiter: RequestLimiter,
         raw: bytes,
-        client: str,
         cost: int,
     ) -> Admitted:
+        client = _client(scope)
         tier, key = _ANONYMOUS, "ip:" + client
         try:
             who = await authenticate(self.services, raw.decode("latin-1"))
@@ -204,6 +203,12 @@ class Limiting:
     ) -> Admitted:
         decision = await limiter.check(policy, key, cost)
         return await _settled(self._conclude(method, fields, tier, policy, decision, cost))
+
+
+def _client(scope: Scope) -> str:
+    """The client's address: read only where it is needed (anonymous requests, failed
+    or blocked authentication), not for the usual request with a cached token."""
+    return str((scope.get("client") or _NO_CLIENT)[0])
 
 
 def _nothing() -> None:

@@ -103,7 +103,7 @@ class SharedBudget:
     on_store_error: Callable[[Exception], None] | None = None  # a background ask failed
     reporter: ModuleReporter = field(default_factory=SilentReporter)
     _reserved: dict[str, _Reservation] = field(default_factory=dict)
-    _takes: int = 0
+    _created: int = 0  # reservations created, for the sweep's cadence
     _period: int = 0  # sweep periods so far: a slot records the one it was last used in
     _period_ends: dict[int, float] = field(default_factory=dict)  # when each period ended
     _pending: list[tuple[str, _Reservation]] = field(default_factory=list)
@@ -133,11 +133,8 @@ class SharedBudget:
         """
         slot = self._reserved.get(key)
         if slot is None or slot.limit is not limit:
-            slot = self._reserved[key] = _Reservation(limit)
+            slot = self._new_slot(key, limit)
         slot.last_used = self._period  # not the clock: a clock read per request showed
-        self._takes += 1
-        if not self._takes & 4095:
-            self._sweep()
         tokens = slot.tokens
         if tokens >= cost:
             slot.tokens = tokens = tokens - cost
@@ -177,6 +174,16 @@ class SharedBudget:
         slot.remaining = slot.low_water = 0
         slot.reset_seconds = max(1, math.ceil(wait))
         return Decision(False, 0, slot.reset_seconds)
+
+    def _new_slot(self, key: str, limit: RateLimitItem) -> _Reservation:
+        """A fresh reservation; every 4,096 of them, a sweep. Counted here rather than
+        per take: only new clients make the table grow, and a count per request
+        showed in instruction counts."""
+        slot = self._reserved[key] = _Reservation(limit)
+        self._created += 1
+        if not self._created & 4095:
+            self._sweep()
+        return slot
 
     def _batch(self, slot: _Reservation, cost: int) -> int:
         amount = slot.limit.amount
@@ -247,9 +254,10 @@ class SharedBudget:
         await self.windows.close()
 
     def _sweep(self) -> None:
-        """Every 4,096 takes: end a period, and drop the reservations of clients not
-        seen in a period that ended over `idle_seconds` ago, so that many addresses do
-        not pile up. A client is forgotten one period later at most than it went quiet.
+        """Every 4,096 new reservations: end a period, and drop the reservations of
+        clients not seen in a period that ended over `idle_seconds` ago, so that many
+        addresses do not pile up. A client is forgotten one period later at most than
+        it went quiet; while no new clients come, nothing grows and nothing is swept.
         """
         now = self.clock()
         ends = self._period_ends
