@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tragwerk.api.http_server import uvicorn_options
 from tragwerk.api.schemas import Country, Location
 from tragwerk.store.database import create_engine
 from tragwerk.store.queries.directory import DirectoryStore
@@ -84,14 +85,7 @@ def main() -> None:
     else:
         rows = asyncio.run(_rows(url))
         app = bare_fastapi(rows) if args.contender == "fastapi" else bare_starlette(rows)
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=args.port,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-    )
+    uvicorn.run(app, host="127.0.0.1", port=args.port, **uvicorn_options())
 
 
 if __name__ == "__main__":

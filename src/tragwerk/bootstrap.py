@@ -131,6 +131,11 @@ def build_limiter(settings: Settings, metrics: Metrics) -> RequestLimiter:
 def build_app(settings: Settings, database_url: str, *, with_worker: bool = False) -> FastAPI:
     """The API; with_worker also runs a job worker in this process (the embedded profile)."""
     services = build_services(settings, database_url)
+    from tragwerk.api.http_server import BoundedHttpToolsProtocol
+
+    BoundedHttpToolsProtocol.configure(
+        settings.max_head_bytes, settings.max_headers, services.metrics.module("http_server")
+    )
     if with_worker:
         from tragwerk.jobs.worker import Worker
 

@@ -248,15 +248,14 @@ def _serve(settings: Settings, url: str, *, with_worker: bool = False) -> None:
 
     import uvicorn
 
+    from tragwerk.api.http_server import uvicorn_options
     from tragwerk.bootstrap import build_app
 
     config = uvicorn.Config(
         build_app(settings, url, with_worker=with_worker),
         host=settings.host,
         port=settings.port,
-        log_config=None,  # our JSON logging stays in charge
-        access_log=False,  # per-request lines cost CPU; /metrics counts requests instead
-        server_header=False,
+        **uvicorn_options(),
         timeout_graceful_shutdown=max(10, int(settings.worker_grace_seconds) + 5),
     )
     previous = signal.signal(signal.SIGTERM, _raise_stop)
@@ -336,6 +335,8 @@ def _api(settings: Settings, workers: int) -> int:
     assert settings.database_url is not None
     import uvicorn
 
+    from tragwerk.api.http_server import uvicorn_options
+
     if workers == 1:
         _serve(settings, settings.database_url)
         return 0
@@ -347,9 +348,7 @@ def _api(settings: Settings, workers: int) -> int:
         host=settings.host,
         port=settings.port,
         workers=workers,
-        log_config=None,
-        access_log=False,
-        server_header=False,
+        **uvicorn_options(),
     )
     return 0
 

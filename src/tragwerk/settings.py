@@ -67,6 +67,9 @@ class Settings:
     db_pool_size: int = 20
     db_max_overflow: int = 0
     max_body_bytes: int = 1_048_576
+    # The request line and header fields together, and how many fields (431 past them).
+    max_head_bytes: int = 16_384
+    max_headers: int = 100
     page_size_default: int = 50
     page_size_max: int = 200
     sla_policy: SlaPolicy = field(default_factory=SlaPolicy)
@@ -124,6 +127,8 @@ class Settings:
             db_pool_size=_int(env, "TRAGWERK_DB_POOL_SIZE", 20),
             db_max_overflow=_int(env, "TRAGWERK_DB_MAX_OVERFLOW", 0, minimum=0),
             max_body_bytes=_int(env, "TRAGWERK_MAX_BODY_BYTES", 1_048_576, minimum=64),
+            max_head_bytes=_int(env, "TRAGWERK_MAX_HEAD_BYTES", 16_384, minimum=1024),
+            max_headers=_int(env, "TRAGWERK_MAX_HEADERS", 100, minimum=8),
             page_size_default=_int(env, "TRAGWERK_PAGE_SIZE_DEFAULT", 50),
             page_size_max=_int(env, "TRAGWERK_PAGE_SIZE_MAX", 200),
             sla_policy=sla_policy,

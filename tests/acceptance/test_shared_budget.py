@@ -76,3 +76,15 @@ def test_one_budget_across_two_instances(pair: tuple[list[str], str]) -> None:
     # in between, so near the end it may be a little optimistic (decisions/0005).
     assert remaining_seen[0] > remaining_seen[-1]
     assert min(remaining_seen) <= LIMIT * 0.15
+
+
+def test_both_entry_points_refuse_an_oversized_head(pair: tuple[list[str], str]) -> None:
+    # `tragwerk up` and `tragwerk api` both serve through tragwerk's HTTP protocol
+    # (tragwerk.api.http_server): a head over TRAGWERK_MAX_HEAD_BYTES gets 431.
+    bases, _admin = pair
+    for base in bases:
+        response = httpx.get(f"{base}/v1/countries", headers={"X-Big": "a" * 20_000})
+        assert response.status_code == 431
+        assert response.headers["content-type"] == "application/problem+json"
+        metrics = httpx.get(f"{base}/metrics").text
+        assert 'event="head_too_large",module="http_server"} 1.0' in metrics
