@@ -163,3 +163,21 @@ async def test_other_malformed_requests_still_get_uvicorns_400(
     received = await exchange(port, b"NOT HTTP AT ALL\r\n\r\n")
     assert status_lines(received) == [b"HTTP/1.1 400 Bad Request"]
     assert app.seen == 0
+
+
+async def test_after_a_refusal_the_rest_of_the_data_is_dropped(
+    server: tuple[int, Counting], caplog: pytest.LogCaptureFixture
+) -> None:
+    port, app = server
+    caplog.set_level(logging.WARNING, logger="uvicorn.error")
+    # A refused head with a body, and another request behind it, all in one write:
+    # the parser still goes through the body and the next head.
+    received = await exchange(
+        port,
+        head(b"X-Big: " + b"a" * (LIMIT + 1), b"Content-Length: 5", method=b"POST")
+        + b"hello"
+        + head(),
+    )
+    assert status_lines(received) == [b"HTTP/1.1 431 Request Header Fields Too Large"]
+    assert app.seen == 0
+    assert "Invalid HTTP request" not in caplog.text
