@@ -2,6 +2,9 @@
 
     python -m bench.instructions [--tokens 100] [--warm 20] [--seconds 15]
 
+Four configurations: limiter off, on memory, on Redis, and "off" once more on
+uvicorn's own HTTP protocol, without tragwerk's request-head limits.
+
 Runs the API under valgrind's callgrind with counting switched off, loads it with
 wrk for `--warm` seconds, then counts the user-space instructions of the API process
 (uvicorn, the app, the libraries; not the kernel) while wrk sends `GET
@@ -34,6 +37,15 @@ CONFIGS: list[tuple[str, dict[str, str]]] = [
     ("limiter off", {"TRAGWERK_RATE_LIMIT": "off", "TRAGWERK_MAX_IN_FLIGHT": "0"}),
     ("memory", {}),
     ("redis", {"TRAGWERK_REDIS_URL": REDIS}),
+    # What the request-head limits (tragwerk.api.http_server) cost every configuration.
+    (
+        "limiter off, uvicorn's own protocol",
+        {
+            "TRAGWERK_RATE_LIMIT": "off",
+            "TRAGWERK_MAX_IN_FLIGHT": "0",
+            "TRAGWERK_BENCH_HTTP": "httptools",
+        },
+    ),
 ]
 
 

@@ -7,6 +7,10 @@ two bare apps serve the same JSON bytes that tragwerk serves for /v1/locations a
 /v1/countries, read once from the database at start: `fastapi` validates and
 serialises them through a response model on every request, as a plain FastAPI
 endpoint does; `starlette` returns the bytes as they are: the Python stack's ceiling.
+
+All run with tragwerk's uvicorn settings (tragwerk.api.http_server), including its
+request-head limits; `TRAGWERK_BENCH_HTTP=httptools` runs uvicorn's own protocol
+instead, to measure what those limits cost.
 """
 
 from __future__ import annotations
@@ -85,7 +89,10 @@ def main() -> None:
     else:
         rows = asyncio.run(_rows(url))
         app = bare_fastapi(rows) if args.contender == "fastapi" else bare_starlette(rows)
-    uvicorn.run(app, host="127.0.0.1", port=args.port, **uvicorn_options())
+    options = uvicorn_options()
+    if os.environ.get("TRAGWERK_BENCH_HTTP"):
+        options["http"] = os.environ["TRAGWERK_BENCH_HTTP"]
+    uvicorn.run(app, host="127.0.0.1", port=args.port, **options)
 
 
 if __name__ == "__main__":
