@@ -15,6 +15,7 @@ process when the application is built (tragwerk.bootstrap.build_app).
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from typing import Any, ClassVar
 
@@ -36,6 +37,9 @@ class _Refused:
     response_complete = True
     more_body = False
     disconnected = True
+
+    def __init__(self) -> None:
+        self.message_event = asyncio.Event()  # set by connection_lost
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
