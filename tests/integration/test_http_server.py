@@ -186,3 +186,20 @@ async def test_after_a_refusal_the_rest_of_the_data_is_dropped(
     # Neither uvicorn's 400 warning nor an error from its callbacks (connection_lost
     # and the rest find the stand-in cycle) was logged.
     assert [r.getMessage() for r in caplog.records] == []
+
+
+async def test_an_oversized_head_behind_other_requests_in_one_read_is_refused(
+    server: tuple[int, Counting],
+) -> None:
+    port, app = server
+    big = b"X-Big: " + b"a" * (LIMIT + 1)
+    # Behind a body in the same read, and behind a bodyless request: neither head is
+    # counted from its start there, so each is measured. The request before is still
+    # owed its response when the head is refused: it gets it, then the connection
+    # closes (responses keep their order), and the refused one gets none.
+    body = b"b" * 100
+    for before in (head(b"Content-Length: %d" % len(body), method=b"POST") + body, head()):
+        seen = app.seen
+        received = await exchange(port, before + head(big))
+        assert status_lines(received) == [b"HTTP/1.1 200 OK"]
+        assert app.seen == seen + 1

@@ -47,11 +47,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     max_headers: ClassVar[int] = DEFAULT_MAX_HEADERS
     refused: ClassVar[Tally] = Tally()
 
-    # Per connection: bytes received while no request body was arriving, since the
-    # last complete head. An upper bound of the current head's size (it may include
-    # the end of the previous request), so nearly every request is decided by one
-    # comparison; only past the limit is the head measured field by field.
+    # Per connection. `_head_bytes`: the bytes of the reads that began outside a
+    # request body, since the last complete head. `_bounded`: whether that count
+    # covers the whole of the next head to complete: true for the first head in a
+    # read that began outside a body; false after a body (its read began inside one)
+    # or after another head in the same read (the count restarted mid-read). A
+    # bounded count under the limit decides a head with one comparison; otherwise
+    # the head is measured field by field. An incomplete head is refused once the
+    # count passes the limit: the count never exceeds what that head has sent, and
+    # falls short of it by one read at most.
     _head_bytes = 0
+    _bounded = True
     _too_large = False
 
     # Two overrides, and the parent's methods called through the class: each layer
@@ -68,6 +74,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is None or not cycle.more_body:  # not inside a body: a head is coming
             self._head_bytes += len(data)
+            self._bounded = True
         HttpToolsProtocol.data_received(self, data)
         # Still no complete head (a completed one resets the count) and already too
         # large: refuse now rather than buffer it until it ends, which it need not.
@@ -75,13 +82,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse()
 
     def on_headers_complete(self) -> None:
-        if self._head_bytes > self.max_head_bytes or len(self.headers) > self.max_headers:
-            size = len(self.url) + sum(len(name) + len(value) for name, value in self.headers)
-            too_many = len(self.headers) > self.max_headers
+        headers = self.headers
+        if (
+            self._head_bytes > self.max_head_bytes
+            or not self._bounded
+            or len(headers) > self.max_headers
+        ):
+            size = len(self.url) + sum(len(name) + len(value) for name, value in headers)
+            too_many = len(headers) > self.max_headers
             if self._too_large or size > self.max_head_bytes or too_many:
                 self._refuse()
                 return  # no request cycle: the application never sees it
         self._head_bytes = 0
+        self._bounded = False  # another head in this read was not counted from its start
         HttpToolsProtocol.on_headers_complete(self)
 
     def send_400_response(self, msg: str) -> None:
@@ -92,11 +105,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._too_large:
             return
         self._too_large = True
+        owed = self.cycle
         self.cycle = _Refused()  # type: ignore[assignment]  # see _Refused
         # Past any limit, so that on_headers_complete refuses heads that follow in the
         # data already given to the parser, without a check of its own per request.
         self._head_bytes = sys.maxsize
         self.refused.n += 1
+        if owed is not None and not owed.response_complete:
+            # An earlier request on this connection is still owed its response, and
+            # responses keep their order: it finishes and then closes the connection;
+            # the refused request gets no answer of its own.
+            owed.keep_alive = False
+            return
         body = orjson.dumps(
             {
                 "type": "https://tragwerk.dev/problems/header-fields-too-large",  # as send_problem
