@@ -2,8 +2,9 @@
 
     python -m bench.instructions [--tokens 100] [--warm 20] [--seconds 15]
 
-Four configurations: limiter off, on memory, on Redis, and "off" once more on
-uvicorn's own HTTP protocol, without tragwerk's request-head limits.
+Five configurations: limiter off, on memory, on Redis, admission control alone
+(limiter off, admission on, as in the two before), and "off" once more on uvicorn's
+own HTTP protocol, without tragwerk's request-head limits.
 
 Runs the API under valgrind's callgrind with counting switched off, loads it with
 wrk for `--warm` seconds, then counts the user-space instructions of the API process
@@ -37,6 +38,8 @@ CONFIGS: list[tuple[str, dict[str, str]]] = [
     ("limiter off", {"TRAGWERK_RATE_LIMIT": "off", "TRAGWERK_MAX_IN_FLIGHT": "0"}),
     ("memory", {}),
     ("redis", {"TRAGWERK_REDIS_URL": REDIS}),
+    # Admission control alone (on in "memory" and "redis"): its share of their cost.
+    ("admission only", {"TRAGWERK_RATE_LIMIT": "off"}),
     # What the request-head limits (tragwerk.api.http_server) cost every configuration.
     (
         "limiter off, uvicorn's own protocol",
