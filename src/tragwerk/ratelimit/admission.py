@@ -89,7 +89,7 @@ class Admission:
                 await asyncio.wait_for(asyncio.shield(waiter), limits.wait_seconds)
         except TimeoutError:
             if waiter.done():  # handed a place in the same instant: keep it
-                self.reporter.count(f"admitted:{lane.name.lower()}")
+                self._admitted[lane].n += 1
                 return True
             queue.remove(waiter)
             self._queued -= 1
@@ -104,7 +104,7 @@ class Admission:
                 self._queued -= 1
                 waiter.cancel()
             raise
-        self.reporter.count(f"admitted:{lane.name.lower()}")
+        self._admitted[lane].n += 1
         return True
 
     def leave(self) -> None:
