@@ -8,6 +8,9 @@ one over `TRAGWERK_MAX_HEAD_BYTES`, or with more than `TRAGWERK_MAX_HEADERS` fie
 with `431 Request Header Fields Too Large` before any application code runs, and
 closes the connection.
 
+Its requests run in `ResponseCycle`, which writes the usual response head without
+uvicorn's Python loop and two regular expressions per field (docs/decisions/0008).
+
 uvicorn builds the protocol itself, per connection, and passes it only its own
 configuration, so the limits are class attributes that `configure()` sets once per
 process when the application is built (tragwerk.bootstrap.build_app).
@@ -16,11 +19,18 @@ process when the application is built (tragwerk.bootstrap.build_app).
 from __future__ import annotations
 
 import asyncio
+import operator
 import sys
+from types import FunctionType
 from typing import Any, ClassVar
 
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http import httptools_impl
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from tragwerk.domain.observability import ModuleReporter, Tally
 
@@ -40,6 +50,117 @@ class _Refused:
 
     def __init__(self) -> None:
         self.message_event = asyncio.Event()  # set by connection_lost
+
+
+_NAME = operator.itemgetter(0)
+_VALUE = operator.itemgetter(1)
+_LINE = b"%s: %s\r\n".__mod__  # one header field's line, from its (name, value) pair
+# Bytes a field value may not hold (as uvicorn's check: controls but tab, and DEL)
+# map to 0, all others to 1: one translate() and one `in` check every value at once.
+_VALUE_BYTES = bytes(0 if b <= 8 or 0x0A <= b <= 0x1F or b == 0x7F else 1 for b in range(256))
+_FRAMING = frozenset({b"transfer-encoding", b"connection"})  # left to uvicorn's code
+_MAX_KNOWN_NAMES = 256
+_AFTER_COMPLETE = (  # uvicorn's words
+    "Unexpected ASGI message 'http.response.body' sent, after response already completed."
+)
+
+
+class ResponseCycle(RequestResponseCycle):
+    """uvicorn's request cycle with a response head written without a loop per field.
+
+    uvicorn checks each field of a response head with two regular expressions, lower-
+    cases its name and compares it three times, in a Python loop: the two RateLimit
+    fields alone cost 9,400 instructions per response (bench.instructions). Here the
+    names are checked against those already seen to be valid and in lower case, the
+    values all at once, and the lines are built in C. A head this cannot take as it
+    is (a name not seen yet, repeated names, a framing field such as transfer-encoding
+    or connection, an access log, paused writing) goes through uvicorn's own code,
+    whose names are then known. tests/unit/test_response_cycle.py holds the two to
+    the same bytes (docs/decisions/0008).
+    """
+
+    known_names: ClassVar[set[bytes]] = set()
+
+    async def send(self, message: Any) -> None:
+        if self.disconnected or self.flow.write_paused:
+            await RequestResponseCycle.send(self, message)
+            return
+        if self.response_started:
+            if self.chunked_encoding is False and message["type"] == "http.response.body":
+                self._write_body(message)  # the usual body: one piece, its length known
+            else:
+                await RequestResponseCycle.send(self, message)
+            return
+        if message["type"] != "http.response.start" or self.access_log:
+            await RequestResponseCycle.send(self, message)
+            return
+        headers = self.default_headers + list(message.get("headers", ()))
+        names = set(map(_NAME, headers))
+        if len(names) != len(headers) or not names <= self.known_names:
+            await RequestResponseCycle.send(self, message)
+            self._learn(names)
+            return
+        try:
+            # `0 in`, not `b"\0" in`: a bytes operand is first tried as an int, and the
+            # TypeError that raises and drops costs more than the search.
+            bad = 0 in b"\t".join(map(_VALUE, headers)).translate(_VALUE_BYTES)
+            lines = b"".join(map(_LINE, headers))
+        except TypeError:  # not bytes: uvicorn's code says what is wrong
+            await RequestResponseCycle.send(self, message)
+            return
+        self.response_started = True  # before the checks, as uvicorn: a failed head is
+        self.waiting_for_100_continue = False  # not followed by a 500, the connection closes
+        if bad:
+            raise RuntimeError("Invalid HTTP header value.")
+        status = message["status"]
+        head = [STATUS_LINE[status], lines]
+        if b"content-length" in names:
+            self.expected_content_length = int(dict(headers)[b"content-length"].decode())
+            self.chunked_encoding = False
+        if not self.keep_alive:
+            head.append(b"connection: close\r\n")
+        if (
+            self.chunked_encoding is None
+            and self.scope["method"] != "HEAD"
+            and status not in (204, 304)
+        ):
+            self.chunked_encoding = True
+            head.append(b"transfer-encoding: chunked\r\n")
+        head.append(b"\r\n")
+        self.transport.write(b"".join(head))
+
+    def _write_body(self, message: Any) -> None:
+        """uvicorn's code for a body under content-length, without its own coroutine."""
+        if self.response_complete:
+            raise RuntimeError(_AFTER_COMPLETE)
+        body = message.get("body", b"")
+        more_body = message.get("more_body", False)
+        if self.scope["method"] == "HEAD":
+            self.expected_content_length = 0
+        else:
+            num_bytes = len(body)
+            if num_bytes > self.expected_content_length:
+                raise RuntimeError("Response content longer than Content-Length")
+            self.expected_content_length -= num_bytes
+            self.transport.write(body)
+        if not more_body:
+            if self.expected_content_length != 0:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self.message_event.set()
+            if not self.keep_alive:
+                self.transport.close()
+            self.on_response()
+
+    def _learn(self, names: set[Any]) -> None:
+        """Names uvicorn's code just accepted: valid; in lower case, they are known."""
+        known = self.known_names
+        if len(known) < _MAX_KNOWN_NAMES:
+            known.update(
+                name
+                for name in names
+                if isinstance(name, bytes) and name == name.lower() and name not in _FRAMING
+            )
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -102,7 +223,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 return  # no request cycle: the application never sees it
         self._head_bytes = 0
         self._bounded = False  # another head in this read was not counted from its start
-        HttpToolsProtocol.on_headers_complete(self)
+        _start_cycle(self)
 
     def send_400_response(self, msg: str) -> None:
         if not self._too_large:  # after a 431, nothing more is sent
@@ -144,6 +265,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+
+# uvicorn's own on_headers_complete, its code unchanged, building a ResponseCycle where
+# it builds its RequestResponseCycle (a name it looks up in its module's globals).
+# Swapping the class of a built cycle instead made every attribute access on it slower.
+_start_cycle = FunctionType(
+    HttpToolsProtocol.on_headers_complete.__code__,
+    {**vars(httptools_impl), "RequestResponseCycle": ResponseCycle},
+    "on_headers_complete",
+)
 
 
 def uvicorn_options() -> dict[str, Any]:
