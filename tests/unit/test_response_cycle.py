@@ -38,7 +38,9 @@ class Flow:
     write_paused = False
 
 
-def cycle(cls: type[RequestResponseCycle], method: str, keep_alive: bool) -> RequestResponseCycle:
+def cycle(
+    cls: type[RequestResponseCycle], method: str, keep_alive: bool, defaults: list[Any]
+) -> RequestResponseCycle:
     return cls(
         scope={"method": method, "type": "http"},  # type: ignore[typeddict-item]
         transport=Transport(),  # type: ignore[arg-type]
@@ -46,7 +48,7 @@ def cycle(cls: type[RequestResponseCycle], method: str, keep_alive: bool) -> Req
         logger=None,  # type: ignore[arg-type]
         access_logger=None,  # type: ignore[arg-type]
         access_log=False,
-        default_headers=DATE,
+        default_headers=defaults,
         message_event=asyncio.Event(),
         expect_100_continue=False,
         keep_alive=keep_alive,
@@ -55,9 +57,13 @@ def cycle(cls: type[RequestResponseCycle], method: str, keep_alive: bool) -> Req
 
 
 async def run(
-    cls: type[RequestResponseCycle], messages: list[dict[str, Any]], method: str, keep_alive: bool
+    cls: type[RequestResponseCycle],
+    messages: list[dict[str, Any]],
+    method: str,
+    keep_alive: bool,
+    defaults: list[Any] = DATE,
 ) -> tuple[list[bytes], dict[str, Any], str | None]:
-    c = cycle(cls, method, keep_alive)
+    c = cycle(cls, method, keep_alive, defaults)
     error = None
     try:
         for message in messages:
@@ -155,6 +161,8 @@ CASES: dict[str, tuple[list[dict[str, Any]], str, bool]] = {
         True,
     ),
     "fields as lists": ([start([[b"content-length", b"1"]]), body(b"x")], "GET", True),
+    "a field of three": ([start([(b"content-type", b"a", b"\r\nx: y")])], "GET", True),
+    "a field of one": ([start([(b"content-type",)])], "GET", True),
     "tab in a value": (
         [start([(b"content-type", b"text/plain;\tq=1"), (b"content-length", b"0")]), body(b"")],
         "GET",
@@ -226,3 +234,11 @@ async def test_a_bad_value_under_known_names_is_refused() -> None:
         )
         assert written == []
         assert error == "RuntimeError: Invalid HTTP header value."
+
+
+async def test_a_head_without_fields() -> None:
+    ResponseCycle.known_names.clear()
+    messages = [start([], status=204), body(b"")]
+    expected = await run(RequestResponseCycle, messages, "GET", True, defaults=[])
+    assert expected[0][0] == b"HTTP/1.1 204 No Content\r\n\r\n"
+    assert await run(ResponseCycle, messages, "GET", True, defaults=[]) == expected

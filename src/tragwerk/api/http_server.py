@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import operator
 import sys
+from collections.abc import Iterable
 from types import FunctionType
 from typing import Any, ClassVar
 
@@ -52,9 +53,8 @@ class _Refused:
         self.message_event = asyncio.Event()  # set by connection_lost
 
 
-_NAME = operator.itemgetter(0)
 _VALUE = operator.itemgetter(1)
-_LINE = b"%s: %s\r\n".__mod__  # one header field's line, from its (name, value) pair
+_FIELD = b": ".join  # one header field's line, from its (name, value) pair
 # Bytes a field value may not hold (as uvicorn's check: controls but tab, and DEL)
 # map to 0, all others to 1: one translate() and one `in` check every value at once.
 _VALUE_BYTES = bytes(0 if b <= 8 or 0x0A <= b <= 0x1F or b == 0x7F else 1 for b in range(256))
@@ -95,16 +95,20 @@ class ResponseCycle(RequestResponseCycle):
             await RequestResponseCycle.send(self, message)
             return
         headers = self.default_headers + list(message.get("headers", ()))
-        names = set(map(_NAME, headers))
-        if len(names) != len(headers) or not names <= self.known_names:
+        try:
+            fields = dict(headers)  # by name; fails unless every field is a pair
+        except (TypeError, ValueError):
+            fields = {}
+        if len(fields) != len(headers) or not self.known_names.issuperset(fields):
+            # A name not known yet or repeated, or a field that is not a pair.
             await RequestResponseCycle.send(self, message)
-            self._learn(names)
+            self._learn(fields)
             return
         try:
             # `0 in`, not `b"\0" in`: a bytes operand is first tried as an int, and the
             # TypeError that raises and drops costs more than the search.
             bad = 0 in b"\t".join(map(_VALUE, headers)).translate(_VALUE_BYTES)
-            lines = b"".join(map(_LINE, headers))
+            lines = b"\r\n".join(map(_FIELD, headers))  # joins beat a format per field
         except TypeError:  # not bytes: uvicorn's code says what is wrong
             await RequestResponseCycle.send(self, message)
             return
@@ -113,9 +117,10 @@ class ResponseCycle(RequestResponseCycle):
         if bad:
             raise RuntimeError("Invalid HTTP header value.")
         status = message["status"]
-        head = [STATUS_LINE[status], lines]
-        if b"content-length" in names:
-            self.expected_content_length = int(dict(headers)[b"content-length"].decode())
+        head = [STATUS_LINE[status], lines, b"\r\n"] if headers else [STATUS_LINE[status]]
+        length = fields.get(b"content-length")
+        if length is not None:
+            self.expected_content_length = int(length.decode())
             self.chunked_encoding = False
         if not self.keep_alive:
             head.append(b"connection: close\r\n")
@@ -152,7 +157,7 @@ class ResponseCycle(RequestResponseCycle):
                 self.transport.close()
             self.on_response()
 
-    def _learn(self, names: set[Any]) -> None:
+    def _learn(self, names: Iterable[Any]) -> None:
         """Names uvicorn's code just accepted: valid; in lower case, they are known."""
         known = self.known_names
         if len(known) < _MAX_KNOWN_NAMES:
