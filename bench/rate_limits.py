@@ -34,6 +34,7 @@ from statistics import median
 from typing import Any
 
 import httpx
+import redis.asyncio as aioredis
 
 from bench import servers
 from bench.list_cases import DEFAULT_URL, HERE, SEED_CASES, prepare, say
@@ -179,14 +180,32 @@ async def accuracy(url: str, limit: int) -> dict[str, Any]:
     try:
         (token,) = await make_tokens(url, 1)
         allowed = 0
+        # The whole run in one window: windows slide, so a run across a window's end
+        # is granted part of the next window too (a run that did: 634 of 600).
+        await in_one_window(60, needed=30.0)
+        began = time.monotonic()
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as client:
             for i in range(3 * limit):
                 r = await client.get(f"http://127.0.0.1:{PORT + i % 2}/v1/locations")
                 allowed += r.status_code == 200
+        took = time.monotonic() - began
     finally:
         for proc in procs:
             stop(proc)
-    return {"limit": limit, "allowed": allowed, "ratio": allowed / limit}
+    return {"limit": limit, "allowed": allowed, "ratio": allowed / limit, "seconds": took}
+
+
+async def in_one_window(window_seconds: int, needed: float) -> None:
+    """Wait, if need be, until the window on Redis's clock has `needed` seconds left."""
+    client = aioredis.Redis.from_url(REDIS)
+    try:
+        seconds, micros = await client.time()
+    finally:
+        await client.aclose()
+    left = window_seconds - (seconds % window_seconds + micros / 1e6)
+    if left < needed:
+        say(f"accuracy: waiting {left:.0f} s for the next window")
+        await asyncio.sleep(left + 0.2)
 
 
 async def paced(
@@ -388,7 +407,7 @@ def print_report(report: dict[str, Any]) -> None:
         a = report["accuracy"]
         print(
             f"\naccuracy: {a['allowed']} allowed of a {a['limit']}/minute limit "
-            f"across two instances ({a['ratio']:.1%})"
+            f"across two instances ({a['ratio']:.1%}) in {a['seconds']:.1f} s"
         )
     for label, f in report.get("flood", {}).items():
         p99s = ", ".join(f"{r['polite_p99_ms']:.1f}" for r in f["rounds"])
