@@ -8,12 +8,15 @@
    Then off and on Redis with two instances, both on core 0, one wrk each with 32
    connections, so that every client's requests spread over both instances. All
    five in turn, `--rounds` times; medians reported, with the server's CPU per request.
-2. Accuracy: two API processes sharing Redis; one client alternates between them
-   until refused; allowed requests against its limit.
-3. Flood: ten well-behaved clients (2.5 requests/s each, wrk with a pause between
+2. Side by side: "off" and each limiter (memory, Redis) running at the same time on
+   core 0, one wrk each with 32 connections; each one's CPU per request from /proc.
+   Drift of the machine's speed touches both alike. `--rounds` rounds, medians.
+3. Accuracy: two API processes sharing Redis; one client alternates between them
+   within one window; allowed requests against its limit.
+4. Flood: ten well-behaved clients (2.5 requests/s each, wrk with a pause between
    requests) beside one client at 20x its limit; their p99 without and with it,
    `--rounds` pairs, medians reported.
-4. Saturation: bulk list traffic at 64 connections against max 8 in flight, and an
+5. Saturation: bulk list traffic at 64 connections against max 8 in flight, and an
    internal service at 20 requests/s: the share of internal requests served.
 """
 
@@ -41,7 +44,7 @@ from bench.list_cases import DEFAULT_URL, HERE, SEED_CASES, prepare, say
 from bench.servers import stop
 
 PORT = 8300
-PARTS = ("throughput", "accuracy", "flood", "saturation")
+PARTS = ("throughput", "side-by-side", "accuracy", "flood", "saturation")
 REDIS = "redis://127.0.0.1:6379/0"
 
 
@@ -142,6 +145,65 @@ def throughput(url: str, tokens_file: Path, seconds: int, rounds: int) -> list[d
             }
         )
     return results
+
+
+def side_by_side(url: str, tokens_file: Path, seconds: int, rounds: int) -> list[dict[str, Any]]:
+    """Each limiter beside "off", both running at once on core 0, one wrk each.
+
+    The two servers share the same core through the same seconds, so a drift of the
+    machine's speed (1.5x within minutes here) touches both alike; each one's CPU
+    time per request (user + system, from /proc) then compares directly. "Throughput
+    at equal CPU" is off's CPU per request over the limiter's: the share of off's
+    throughput the limiter keeps when both get the same processor.
+    """
+    off = {"TRAGWERK_RATE_LIMIT": "off", "TRAGWERK_MAX_IN_FLIGHT": "0"}
+    configs = [("memory", {}), ("redis", {"TRAGWERK_REDIS_URL": REDIS})]
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _env in configs}
+    for round_ in range(1, rounds + 1):
+        for label, env in configs:
+            namespace = {"TRAGWERK_REDIS_NAMESPACE": f"bench-{uuid.uuid4().hex}"}
+            procs = [
+                start(PORT, TRAGWERK_DATABASE_URL=url, **off),
+                start(PORT + 1, TRAGWERK_DATABASE_URL=url, **env, **namespace),
+            ]
+            try:
+                say(f"side by side | round {round_}/{rounds} | off and {label}")
+                load([PORT, PORT + 1], tokens_file, 3)
+                before = [cpu_seconds(proc.pid) for proc in procs]
+                with ThreadPoolExecutor(2) as pool:
+                    both = list(
+                        pool.map(
+                            lambda port: wrk(port, tokens_file, "/v1/locations", 32, seconds),
+                            [PORT, PORT + 1],
+                        )
+                    )
+                cpu = [cpu_seconds(proc.pid) - b for proc, b in zip(procs, before, strict=True)]
+            finally:
+                for proc in procs:
+                    stop(proc)
+            if any(r["status_errors"] for r in both):
+                raise SystemExit(f"side by side: responses that were not 2xx ({label})")
+            us = [1e6 * c / max(1, r["requests"]) for c, r in zip(cpu, both, strict=True)]
+            runs[label].append(
+                {
+                    "off_rps": both[0]["rps"],
+                    "rps": both[1]["rps"],
+                    "off_cpu_us_per_request": us[0],
+                    "cpu_us_per_request": us[1],
+                    "equal_cpu_share": us[0] / us[1],
+                }
+            )
+    return [
+        {
+            "config": label,
+            "rounds": rows,
+            "equal_cpu_share": median(r["equal_cpu_share"] for r in rows),
+            "off_cpu_us_per_request": median(r["off_cpu_us_per_request"] for r in rows),
+            "cpu_us_per_request": median(r["cpu_us_per_request"] for r in rows),
+            "rps_share": median(r["rps"] / r["off_rps"] for r in rows),
+        }
+        for label, rows in runs.items()
+    ]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -357,7 +419,7 @@ def main() -> int:
         "--only",
         choices=PARTS,
         action="append",
-        help="run only this part (repeatable); default: all four",
+        help="run only this part (repeatable); default: all five",
     )
     args = parser.parse_args()
     parts = args.only or list(PARTS)
@@ -372,6 +434,8 @@ def main() -> int:
         report: dict[str, Any] = {}
         if "throughput" in parts:
             report["throughput"] = throughput(url, tokens_file, args.duration, args.rounds)
+        if "side-by-side" in parts:
+            report["side_by_side"] = side_by_side(url, tokens_file, args.duration, args.rounds)
         if "accuracy" in parts:
             say("accuracy over two instances")
             report["accuracy"] = asyncio.run(accuracy(url, 600))
@@ -402,6 +466,17 @@ def print_report(report: dict[str, Any]) -> None:
                 f"| {r['config']} | {r['rps']:,.0f} | {r['vs_off']:.0%} ({shares}) | "
                 f"{r['cpu_us_per_request']:.1f} | {r['p50_us'] / 1000:.1f} | "
                 f"{r['p99_us'] / 1000:.1f} | {r['status_errors']} |"
+            )
+    if "side_by_side" in report:
+        print("\neach limiter beside 'off', both at once on core 0; medians over the rounds")
+        print("| limiter | CPU µs/request, off / limiter | throughput at equal CPU | req/s ratio |")
+        print("|---|---:|---:|---:|")
+        for r in report["side_by_side"]:
+            shares = ", ".join(f"{x['equal_cpu_share']:.0%}" for x in r["rounds"])
+            print(
+                f"| {r['config']} | {r['off_cpu_us_per_request']:.1f} / "
+                f"{r['cpu_us_per_request']:.1f} | {r['equal_cpu_share']:.0%} ({shares}) | "
+                f"{r['rps_share']:.0%} |"
             )
     if "accuracy" in report:
         a = report["accuracy"]
