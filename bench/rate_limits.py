@@ -8,9 +8,10 @@
    Then off and on Redis with two instances, both on core 0, one wrk each with 32
    connections, so that every client's requests spread over both instances. All
    five in turn, `--rounds` times; medians reported, with the server's CPU per request.
-2. Side by side: "off" and each limiter (memory, Redis) running at the same time on
-   core 0, one wrk each with 32 connections; each one's CPU per request from /proc.
-   Drift of the machine's speed touches both alike. `--rounds` rounds, medians.
+2. Side by side: "off" and each limiter (memory, Redis, Redis on two instances beside
+   two "off" ones) running at the same time on core 0, 32 connections to each side;
+   each side's CPU per request from /proc. Drift of the machine's speed touches both
+   alike. `--rounds` rounds, medians.
 3. Accuracy: two API processes sharing Redis; one client alternates between them
    within one window; allowed requests against its limit.
 4. Flood: ten well-behaved clients (2.5 requests/s each, wrk with a pause between
@@ -148,46 +149,64 @@ def throughput(url: str, tokens_file: Path, seconds: int, rounds: int) -> list[d
 
 
 def side_by_side(url: str, tokens_file: Path, seconds: int, rounds: int) -> list[dict[str, Any]]:
-    """Each limiter beside "off", both running at once on core 0, one wrk each.
+    """Each limiter beside "off", both running at once on core 0, one wrk per server.
 
-    The two servers share the same core through the same seconds, so a drift of the
+    The servers share the same core through the same seconds, so a drift of the
     machine's speed (1.5x within minutes here) touches both alike; each one's CPU
     time per request (user + system, from /proc) then compares directly. "Throughput
     at equal CPU" is off's CPU per request over the limiter's: the share of off's
-    throughput the limiter keeps when both get the same processor.
+    throughput the limiter keeps when both get the same processor. With two
+    instances, two "off" servers run beside two sharing a Redis budget, every wrk
+    spreading all clients' requests over its pair.
     """
     off = {"TRAGWERK_RATE_LIMIT": "off", "TRAGWERK_MAX_IN_FLIGHT": "0"}
-    configs = [("memory", {}), ("redis", {"TRAGWERK_REDIS_URL": REDIS})]
-    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _env in configs}
+    configs: list[tuple[str, int, dict[str, str]]] = [
+        ("memory", 1, {}),
+        ("redis", 1, {"TRAGWERK_REDIS_URL": REDIS}),
+        ("redis, two instances", 2, {"TRAGWERK_REDIS_URL": REDIS}),
+    ]
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _n, _env in configs}
     for round_ in range(1, rounds + 1):
-        for label, env in configs:
+        for label, instances, env in configs:
             namespace = {"TRAGWERK_REDIS_NAMESPACE": f"bench-{uuid.uuid4().hex}"}
-            procs = [
-                start(PORT, TRAGWERK_DATABASE_URL=url, **off),
-                start(PORT + 1, TRAGWERK_DATABASE_URL=url, **env, **namespace),
-            ]
+            ports = [PORT + n for n in range(2 * instances)]  # "off" first, then the limiter
+            procs = [start(port, TRAGWERK_DATABASE_URL=url, **off) for port in ports[:instances]]
             try:
+                procs += [
+                    start(port, TRAGWERK_DATABASE_URL=url, **env, **namespace)
+                    for port in ports[instances:]
+                ]
                 say(f"side by side | round {round_}/{rounds} | off and {label}")
-                load([PORT, PORT + 1], tokens_file, 3)
+                # Warm for as long as measured: with requests spread at random over 1,000
+                # clients, each instance sees its last new client (and reserves its first
+                # batch, in the request path) only after some thousands of requests, which
+                # two instances sharing a core take seconds to serve.
+                load(ports, tokens_file, seconds)
                 before = [cpu_seconds(proc.pid) for proc in procs]
-                with ThreadPoolExecutor(2) as pool:
-                    both = list(
+                connections = 32 // instances
+                with ThreadPoolExecutor(len(ports)) as pool:
+                    each = list(
                         pool.map(
-                            lambda port: wrk(port, tokens_file, "/v1/locations", 32, seconds),
-                            [PORT, PORT + 1],
+                            lambda port, c=connections: wrk(
+                                port, tokens_file, "/v1/locations", c, seconds
+                            ),
+                            ports,
                         )
                     )
                 cpu = [cpu_seconds(proc.pid) - b for proc, b in zip(procs, before, strict=True)]
             finally:
                 for proc in procs:
                     stop(proc)
-            if any(r["status_errors"] for r in both):
+            if any(r["status_errors"] for r in each):
                 raise SystemExit(f"side by side: responses that were not 2xx ({label})")
-            us = [1e6 * c / max(1, r["requests"]) for c, r in zip(cpu, both, strict=True)]
+            groups = [slice(0, instances), slice(instances, 2 * instances)]
+            requests = [sum(r["requests"] for r in each[g]) for g in groups]
+            us = [1e6 * sum(cpu[g]) / max(1, n) for g, n in zip(groups, requests, strict=True)]
+            rps = [sum(r["rps"] for r in each[g]) for g in groups]
             runs[label].append(
                 {
-                    "off_rps": both[0]["rps"],
-                    "rps": both[1]["rps"],
+                    "off_rps": rps[0],
+                    "rps": rps[1],
                     "off_cpu_us_per_request": us[0],
                     "cpu_us_per_request": us[1],
                     "equal_cpu_share": us[0] / us[1],
