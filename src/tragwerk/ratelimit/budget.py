@@ -99,7 +99,9 @@ class SharedBudget:
     clock: Callable[[], float] = time.monotonic
     idle_seconds: float = 300.0  # reservations unused this long are forgotten
     prefetch: bool = True  # reserve the next batch before this one runs out
-    coalesce_seconds: float = 0.02  # how long background reservations gather
+    # How long background reservations gather: at 20 ms, two instances sharing a core
+    # gathered 2.9 clients per round trip, at 100 ms 5.4 (decisions/0005).
+    coalesce_seconds: float = 0.1
     on_store_error: Callable[[Exception], None] | None = None  # a background ask failed
     reporter: ModuleReporter = field(default_factory=SilentReporter)
     _reserved: dict[str, _Reservation] = field(default_factory=dict)
