@@ -474,29 +474,50 @@ def main() -> int:
     return 0
 
 
+def print_table(intro: str, columns: list[str], rows: list[list[str]]) -> None:
+    print(intro)
+    print("| " + " | ".join(columns) + " |")
+    print("|---|" + "---:|" * (len(columns) - 1))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+def shares(rounds: list[dict[str, Any]], key: str) -> str:
+    return ", ".join(f"{x[key]:.0%}" for x in rounds)
+
+
 def print_report(report: dict[str, Any]) -> None:
     if "throughput" in report:
-        print("medians over the rounds; in brackets each round's share of its own 'off'")
-        print("| limiter | req/s | vs off | CPU µs/request | p50 ms | p99 ms | non-2xx |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
-        for r in report["throughput"]:
-            shares = ", ".join(f"{x['vs_off']:.0%}" for x in r["rounds"])
-            print(
-                f"| {r['config']} | {r['rps']:,.0f} | {r['vs_off']:.0%} ({shares}) | "
-                f"{r['cpu_us_per_request']:.1f} | {r['p50_us'] / 1000:.1f} | "
-                f"{r['p99_us'] / 1000:.1f} | {r['status_errors']} |"
-            )
+        print_table(
+            "medians over the rounds; in brackets each round's share of its own 'off'",
+            ["limiter", "req/s", "vs off", "CPU µs/request", "p50 ms", "p99 ms", "non-2xx"],
+            [
+                [
+                    r["config"],
+                    f"{r['rps']:,.0f}",
+                    f"{r['vs_off']:.0%} ({shares(r['rounds'], 'vs_off')})",
+                    f"{r['cpu_us_per_request']:.1f}",
+                    f"{r['p50_us'] / 1000:.1f}",
+                    f"{r['p99_us'] / 1000:.1f}",
+                    str(r["status_errors"]),
+                ]
+                for r in report["throughput"]
+            ],
+        )
     if "side_by_side" in report:
-        print("\neach limiter beside 'off', both at once on core 0; medians over the rounds")
-        print("| limiter | CPU µs/request, off / limiter | throughput at equal CPU | req/s ratio |")
-        print("|---|---:|---:|---:|")
-        for r in report["side_by_side"]:
-            shares = ", ".join(f"{x['equal_cpu_share']:.0%}" for x in r["rounds"])
-            print(
-                f"| {r['config']} | {r['off_cpu_us_per_request']:.1f} / "
-                f"{r['cpu_us_per_request']:.1f} | {r['equal_cpu_share']:.0%} ({shares}) | "
-                f"{r['rps_share']:.0%} |"
-            )
+        print_table(
+            "\neach limiter beside 'off', both at once on core 0; medians over the rounds",
+            ["limiter", "CPU µs/request, off / limiter", "throughput at equal CPU", "req/s ratio"],
+            [
+                [
+                    r["config"],
+                    f"{r['off_cpu_us_per_request']:.1f} / {r['cpu_us_per_request']:.1f}",
+                    f"{r['equal_cpu_share']:.0%} ({shares(r['rounds'], 'equal_cpu_share')})",
+                    f"{r['rps_share']:.0%}",
+                ]
+                for r in report["side_by_side"]
+            ],
+        )
     if "accuracy" in report:
         a = report["accuracy"]
         print(
