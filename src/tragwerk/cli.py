@@ -333,13 +333,13 @@ def _api(settings: Settings, workers: int) -> int:
     if _refuse_shared(settings, "api", "or use 'tragwerk up' for the embedded one"):
         return 2
     assert settings.database_url is not None
+    if workers == 1:
+        _serve(settings, settings.database_url)
+        return 0
     import uvicorn
 
     from tragwerk.api.http_server import uvicorn_options
 
-    if workers == 1:
-        _serve(settings, settings.database_url)
-        return 0
     os.environ["TRAGWERK_HOST"] = settings.host
     os.environ["TRAGWERK_PORT"] = str(settings.port)
     uvicorn.run(

@@ -25,7 +25,6 @@ from collections.abc import Iterable
 from types import FunctionType
 from typing import Any, ClassVar
 
-import orjson
 from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
@@ -33,10 +32,10 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
+from tragwerk.api.middleware import problem_body
 from tragwerk.domain.observability import ModuleReporter, Tally
+from tragwerk.settings import Settings
 
-DEFAULT_MAX_HEAD_BYTES = 16_384
-DEFAULT_MAX_HEADERS = 100
 LINGER_SECONDS = 1.0  # a refused connection stays open this long, its input dropped
 
 
@@ -169,8 +168,9 @@ class ResponseCycle(RequestResponseCycle):
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    max_head_bytes: ClassVar[int] = DEFAULT_MAX_HEAD_BYTES
-    max_headers: ClassVar[int] = DEFAULT_MAX_HEADERS
+    # Until configure(): the settings' defaults.
+    max_head_bytes: ClassVar[int] = Settings.max_head_bytes
+    max_headers: ClassVar[int] = Settings.max_headers
     refused: ClassVar[Tally] = Tally()
 
     # Per connection. `_head_bytes`: the bytes of the reads that began outside a
@@ -250,14 +250,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # the refused request gets no answer of its own.
             owed.keep_alive = False
             return
-        body = orjson.dumps(
-            {
-                "type": "https://tragwerk.dev/problems/header-fields-too-large",  # as send_problem
-                "title": "Request Header Fields Too Large",
-                "status": 431,
-                "detail": f"the request head is over {self.max_head_bytes} bytes "
-                f"or {self.max_headers} fields",
-            }
+        body = problem_body(
+            431,
+            "header-fields-too-large",
+            "Request Header Fields Too Large",
+            f"the request head is over {self.max_head_bytes} bytes or {self.max_headers} fields",
         )
         self.transport.write(
             b"HTTP/1.1 431 Request Header Fields Too Large\r\n"

@@ -19,6 +19,18 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+def problem_body(status: int, code: str, title: str, detail: str) -> bytes:
+    """The JSON of a problem answered before any route runs (RFC 9457)."""
+    return orjson.dumps(
+        {
+            "type": f"https://tragwerk.dev/problems/{code}",
+            "title": title,
+            "status": status,
+            "detail": detail,
+        }
+    )
+
+
 async def send_problem(
     send: Send,
     status: int,
@@ -28,14 +40,7 @@ async def send_problem(
     headers: Sequence[tuple[bytes, bytes]] = ((b"connection", b"close"),),
 ) -> None:
     """A problem response sent straight from an ASGI layer, before any route runs."""
-    body = orjson.dumps(
-        {
-            "type": f"https://tragwerk.dev/problems/{code}",
-            "title": title,
-            "status": status,
-            "detail": detail,
-        }
-    )
+    body = problem_body(status, code, title, detail)
     await send(
         {
             "type": "http.response.start",
