@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fastapi import FastAPI
@@ -10,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tragwerk.api.app import create_app
 from tragwerk.api.cached import CachedReads
 from tragwerk.api.limit_sync import LimitSync
+from tragwerk.api.server_state import ServerState, ServerStateCollector
 from tragwerk.api.services import Services
 from tragwerk.cache.caches import Caches
 from tragwerk.monitoring.metrics import Metrics
@@ -128,14 +130,18 @@ def build_limiter(settings: Settings, metrics: Metrics) -> RequestLimiter:
     return limiter
 
 
-def build_app(settings: Settings, database_url: str, *, with_worker: bool = False) -> FastAPI:
+def build_app(
+    settings: Settings,
+    database_url: str,
+    *,
+    with_worker: bool = False,
+    server_state: ServerState | None = None,
+) -> FastAPI:
     """The API; with_worker also runs a job worker in this process (the embedded profile)."""
     services = build_services(settings, database_url)
-    from tragwerk.api.http_server import BoundedHttpToolsProtocol
-
-    BoundedHttpToolsProtocol.configure(
-        settings.max_head_bytes, settings.max_headers, services.metrics.module("http_server")
-    )
+    if server_state is not None:
+        services.server_state = server_state
+        services.metrics.registry.register(ServerStateCollector(server_state))
     if with_worker:
         from tragwerk.jobs.worker import Worker
 
@@ -145,12 +151,28 @@ def build_app(settings: Settings, database_url: str, *, with_worker: bool = Fals
     return create_app(services)
 
 
-def app_from_env() -> FastAPI:
-    """Factory for `uvicorn --factory` and `tragwerk api --workers N` (one app per process)."""
+def app_from_env(*, with_worker: bool = False) -> FastAPI:
+    """Factory each API worker process calls (tragwerk.api.serving): one app per process."""
+    import structlog
+
     from tragwerk.monitoring.logging import configure_logging
 
     settings = Settings.from_env()
     configure_logging(settings.log_level)
     if settings.database_url is None:
         raise RuntimeError("set TRAGWERK_DATABASE_URL to serve a shared database")
-    return build_app(settings, settings.database_url)
+    state = ServerState.from_env()
+    if state is not None:
+        started = state.record_start()
+        log = structlog.get_logger("tragwerk.serving")
+        if started > state.workers():
+            # Only a respawn starts more processes than the server has workers.
+            log.warning("api worker process respawned", start=started, pid=os.getpid())
+        else:
+            log.info("api worker process started", start=started, pid=os.getpid())
+    return build_app(settings, settings.database_url, with_worker=with_worker, server_state=state)
+
+
+def app_with_worker_from_env() -> FastAPI:
+    """Factory for `tragwerk up`: the API and, in the same (single) process, a job worker."""
+    return app_from_env(with_worker=True)

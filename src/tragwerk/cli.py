@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tragwerk.settings import Settings, SettingsError
 
@@ -38,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     api = sub.add_parser("api", help="serve the API against TRAGWERK_DATABASE_URL (scaled profile)")
     api.add_argument("--host")
     api.add_argument("--port", type=int)
-    api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    api.add_argument(
+        "--workers", type=int, default=1, help="HTTP worker processes, respawned if they die (1)"
+    )
 
     worker = sub.add_parser(
         "worker", help="run jobs (emails, notifications, webhooks, SLA monitor) from the queue"
@@ -123,25 +127,36 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911, PLR0912 - 
 
 
 def _with_database(settings: Settings, run: object) -> int:
-    """Run `run(url)` against the configured database, starting the embedded one if needed."""
+    """Run `run(url)` against the configured database, starting the embedded one if needed.
+
+    SIGTERM and Ctrl-C unwind through here at any point, so the embedded PostgreSQL is
+    stopped on the way out; while it is starting or stopping they wait until it has.
+    """
     from tragwerk.store.embedded import EmbeddedPostgres
 
     assert callable(run)
     embedded = None
     url = settings.database_url
-    if url is None:
-        embedded = EmbeddedPostgres(settings.data_dir)
-        print(
-            f"tragwerk: starting the embedded PostgreSQL in {settings.data_dir.resolve()}",
-            file=sys.stderr,
-        )
-        url = embedded.start()
+    previous = _catch_stop_signals()
     try:
+        if url is None:
+            embedded = EmbeddedPostgres(settings.data_dir)
+            print(
+                f"tragwerk: starting the embedded PostgreSQL in {settings.data_dir.resolve()}",
+                file=sys.stderr,
+            )
+            with _stop_deferred():
+                url = embedded.start()
         result = run(url)
         return int(result) if isinstance(result, int) else 0
+    except _Stop:
+        print("tragwerk: stopped", file=sys.stderr)
+        return 0
     finally:
         if embedded is not None:
-            embedded.stop()
+            with _stop_deferred():
+                embedded.stop()
+        _restore_signals(previous)
 
 
 def _migrate(url: str) -> int:
@@ -231,40 +246,53 @@ async def _ensure_admin(url: str, token_file: Path) -> str | None:
 
 
 class _Stop(Exception):
-    """SIGTERM arrived; unwind so that the embedded PostgreSQL is stopped on the way out."""
+    """SIGTERM or Ctrl-C arrived; unwind so that the embedded PostgreSQL is stopped."""
 
 
-def _raise_stop(_signum: int, _frame: object) -> None:
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_deferral = {"active": False, "pending": False}
+
+
+def _on_stop_signal(_signum: int, _frame: object) -> None:
+    if _deferral["active"]:
+        _deferral["pending"] = True
+        return
     raise _Stop
 
 
-def _serve(settings: Settings, url: str, *, with_worker: bool = False) -> None:
-    """Serve until Ctrl-C or SIGTERM; return normally either way so cleanup runs.
+def _catch_stop_signals() -> dict[int, Any]:
+    return {sig: signal.signal(sig, _on_stop_signal) for sig in _STOP_SIGNALS}
 
-    uvicorn shuts down gracefully on either signal, restores the previous handlers and
-    raises the signal again; our handlers turn that into an exception we catch here.
-    """
-    import signal
 
-    import uvicorn
+def _restore_signals(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
-    from tragwerk.api.http_server import uvicorn_options
-    from tragwerk.bootstrap import build_app
 
-    config = uvicorn.Config(
-        build_app(settings, url, with_worker=with_worker),
-        host=settings.host,
-        port=settings.port,
-        **uvicorn_options(),
-        timeout_graceful_shutdown=max(10, int(settings.worker_grace_seconds) + 5),
-    )
-    previous = signal.signal(signal.SIGTERM, _raise_stop)
+@contextlib.contextmanager
+def _stop_deferred() -> Iterator[None]:
+    """Hold a stop signal until the block is done (starting or stopping a database:
+    interrupted half-way, it could be left running with nobody to stop it)."""
+    _deferral["active"] = True
     try:
-        uvicorn.Server(config).run()
-    except (KeyboardInterrupt, _Stop):
-        pass
+        yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        _deferral["active"] = False
+    if _deferral["pending"]:
+        _deferral["pending"] = False
+        raise _Stop
+
+
+def _serve(settings: Settings, url: str, *, workers: int = 1, with_worker: bool = False) -> int:
+    """Serve through granian until SIGTERM or Ctrl-C (tragwerk.api.serving)."""
+    from tragwerk.api.serving import serve
+
+    try:
+        return serve(
+            settings.with_overrides(database_url=url), workers=workers, with_worker=with_worker
+        )
+    finally:
+        _catch_stop_signals()  # granian's handlers are gone with granian
 
 
 async def _schema_behind(url: str) -> str | None:
@@ -304,9 +332,9 @@ def _up(settings: Settings) -> int:
             f"(API docs at /docs); Ctrl-C stops",
             file=sys.stderr,
         )
-        _serve(settings, url, with_worker=True)
+        code = _serve(settings, url, with_worker=True)
         print("tragwerk: stopped", file=sys.stderr)
-        return 0
+        return code
 
     return _with_database(settings, run)
 
@@ -332,25 +360,7 @@ def _api(settings: Settings, workers: int) -> int:
         return 2
     if _refuse_shared(settings, "api", "or use 'tragwerk up' for the embedded one"):
         return 2
-    assert settings.database_url is not None
-    if workers == 1:
-        _serve(settings, settings.database_url)
-        return 0
-    import uvicorn
-
-    from tragwerk.api.http_server import uvicorn_options
-
-    os.environ["TRAGWERK_HOST"] = settings.host
-    os.environ["TRAGWERK_PORT"] = str(settings.port)
-    uvicorn.run(
-        "tragwerk.bootstrap:app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=workers,
-        **uvicorn_options(),
-    )
-    return 0
+    return _with_database(settings, lambda url: _serve(settings, url, workers=workers))
 
 
 def _worker(settings: Settings, concurrency: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -10,6 +11,9 @@ from pathlib import Path
 from limits import parse
 
 from tragwerk.domain.cases import SlaPolicy
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class SettingsError(ValueError):
@@ -42,6 +46,20 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
     return value
 
 
+def _networks(env: Mapping[str, str], name: str) -> tuple[IPNetwork, ...]:
+    """Comma-separated addresses or CIDR blocks; an address stands for itself alone."""
+    networks = []
+    for item in (env.get(name) or "").split(","):
+        if item.strip():
+            try:
+                networks.append(ipaddress.ip_network(item.strip(), strict=False))
+            except ValueError:
+                raise SettingsError(
+                    f"{name} must list addresses or CIDR blocks, got {item.strip()!r}"
+                ) from None
+    return tuple(networks)
+
+
 def _switch(env: Mapping[str, str], name: str, *, default: bool) -> bool:
     raw = (env.get(name) or "").strip().lower()
     if raw == "":
@@ -67,9 +85,22 @@ class Settings:
     db_pool_size: int = 20
     db_max_overflow: int = 0
     max_body_bytes: int = 1_048_576
-    # The request line and header fields together, and how many fields (431 past them).
+    # Serving (tragwerk.api.serving, on granian). The request line and header fields
+    # together (431 past them; granian's buffer, at least 8 KiB); more than 100 header
+    # fields are refused with 431 by the server itself, a limit it does not expose.
     max_head_bytes: int = 16_384
-    max_headers: int = 100
+    header_read_timeout_seconds: float = 10.0
+    # Requests one API worker process takes on at once; more wait in the kernel's
+    # accept queue. Above max_in_flight, so that the lanes decide who waits first.
+    backpressure: int = 1024
+    shutdown_grace_seconds: float = 30.0
+    # After SIGTERM, readiness fails this long before the process stops accepting,
+    # so that a gateway's health checks take it out of rotation first.
+    drain_seconds: float = 0.0
+    # Peers whose X-Forwarded-For (or Forwarded) header names the client; none: the
+    # peer itself is the client, whatever such headers say.
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    forwarded_header: str = "x-forwarded-for"
     page_size_default: int = 50
     page_size_max: int = 200
     sla_policy: SlaPolicy = field(default_factory=SlaPolicy)
@@ -127,8 +158,15 @@ class Settings:
             db_pool_size=_int(env, "TRAGWERK_DB_POOL_SIZE", 20),
             db_max_overflow=_int(env, "TRAGWERK_DB_MAX_OVERFLOW", 0, minimum=0),
             max_body_bytes=_int(env, "TRAGWERK_MAX_BODY_BYTES", 1_048_576, minimum=64),
-            max_head_bytes=_int(env, "TRAGWERK_MAX_HEAD_BYTES", 16_384, minimum=1024),
-            max_headers=_int(env, "TRAGWERK_MAX_HEADERS", 100, minimum=8),
+            max_head_bytes=_int(env, "TRAGWERK_MAX_HEAD_BYTES", 16_384, minimum=8192),
+            header_read_timeout_seconds=_float(
+                env, "TRAGWERK_HEADER_READ_TIMEOUT_SECONDS", 10.0, 0.001
+            ),
+            backpressure=_int(env, "TRAGWERK_BACKPRESSURE", 1024),
+            shutdown_grace_seconds=_float(env, "TRAGWERK_SHUTDOWN_GRACE_SECONDS", 30.0, 1.0),
+            drain_seconds=_float(env, "TRAGWERK_DRAIN_SECONDS", 0.0),
+            trusted_proxies=_networks(env, "TRAGWERK_TRUSTED_PROXIES"),
+            forwarded_header=(env.get("TRAGWERK_FORWARDED_HEADER") or "x-forwarded-for").lower(),
             page_size_default=_int(env, "TRAGWERK_PAGE_SIZE_DEFAULT", 50),
             page_size_max=_int(env, "TRAGWERK_PAGE_SIZE_MAX", 200),
             sla_policy=sla_policy,
@@ -193,6 +231,10 @@ class Settings:
             ("smtp://", "smtps://")
         ):
             raise SettingsError("TRAGWERK_SMTP_URL must start with smtp:// or smtps://")
+        if settings.forwarded_header not in {"x-forwarded-for", "forwarded"}:
+            raise SettingsError("TRAGWERK_FORWARDED_HEADER must be x-forwarded-for or forwarded")
+        if settings.header_read_timeout_seconds > 60:
+            raise SettingsError("TRAGWERK_HEADER_READ_TIMEOUT_SECONDS must be at most 60")
         if settings.page_size_default > settings.page_size_max:
             raise SettingsError("TRAGWERK_PAGE_SIZE_DEFAULT must not exceed TRAGWERK_PAGE_SIZE_MAX")
         return settings

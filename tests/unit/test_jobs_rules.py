@@ -161,6 +161,14 @@ def test_breaker_opens_after_repeated_failures_then_lets_one_probe_through() -> 
         ("224.0.0.1", True),
         ("93.184.216.34", False),
         ("2606:2800:220:1::1", False),
+        # IPv6 forms that lead to an IPv4 address are judged by that address.
+        ("64:ff9b::a9fe:a9fe", True),  # NAT64 to 169.254.169.254
+        ("64:ff9b::7f00:1", True),  # NAT64 to 127.0.0.1
+        ("64:ff9b::5db8:d822", False),  # NAT64 to 93.184.216.34
+        ("64:ff9b:1::a00:1", True),  # local-use NAT64
+        ("2002:a9fe:a9fe::1", True),  # 6to4 of 169.254.169.254
+        ("2002:0a00:0001::1", True),  # 6to4 of 10.0.0.1
+        ("2001:0:4136:e378:8000:63bf:80ff:fffe", True),  # Teredo, client 127.0.0.1
     ],
 )
 def test_ssrf_guard_classifies_addresses(address: str, refused: bool) -> None:

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp
 
 import tragwerk
 from tragwerk.api import errors
+from tragwerk.api.client_address import ClientAddress
 from tragwerk.api.fast_reference import TABLES as FAST_TABLES
 from tragwerk.api.fast_reference import ReferenceFastPath
 from tragwerk.api.gate import Gate
@@ -72,6 +73,7 @@ def create_app(services: Services) -> FastAPI:
         for route in app.routes
         if isinstance(route, APIRoute) and route.path in FAST_TABLES
     }
+    settings = services.settings
     limiting = None
     if services.limiter is not None or services.admission is not None:
         limiting = Limiting(services, services.limiter, services.admission)
@@ -84,6 +86,11 @@ def create_app(services: Services) -> FastAPI:
                 "metrics": services.metrics.http,
                 "limiting": limiting,
                 "body_limit": services.settings.max_body_bytes,
+                "client_address": (
+                    ClientAddress(settings.trusted_proxies, settings.forwarded_header)
+                    if settings.trusted_proxies
+                    else None
+                ),
             },
         ),
     ]

@@ -1,6 +1,7 @@
 """The one ASGI layer in front of the application: every request passes it.
 
-In order: a request id and the request metrics; the rate limit and admission check
+In order: the client's address behind a trusted proxy (tragwerk.api.client_address);
+a request id and the request metrics; the rate limit and admission check
 (tragwerk.api.limiting); the body limits (413 and 415 before any handler runs); then
 the app. One layer rather than four: each ASGI layer costs a coroutine and a wrapped
 `send` per request, which on a cached read was a third of what rate limiting cost
@@ -15,6 +16,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tragwerk.api.client_address import ClientAddress
 from tragwerk.api.limiting import Limiting, Refusal
 from tragwerk.api.middleware import METHODS_WITH_BODY, guard_body, header
 from tragwerk.monitoring.logging import REQUEST_ID
@@ -23,9 +25,15 @@ from tragwerk.monitoring.metrics import HttpMetrics
 
 class Gate:
     def __init__(
-        self, app: ASGIApp, metrics: HttpMetrics, limiting: Limiting | None, body_limit: int
+        self,
+        app: ASGIApp,
+        metrics: HttpMetrics,
+        limiting: Limiting | None,
+        body_limit: int,
+        client_address: ClientAddress | None = None,
     ) -> None:
         self.app = app
+        self.client_address = client_address
         self.metrics = metrics
         self.limiting = limiting
         self.body_limit = body_limit
@@ -38,6 +46,8 @@ class Gate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.client_address is not None:  # only when proxies are trusted
+            self.client_address.resolve(scope)
         request_id = header(scope, b"x-request-id")
         if request_id is not None:
             request_id = request_id[:64]

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tragwerk.api.cached import CachedReads
 from tragwerk.api.limit_sync import LimitSync
+from tragwerk.api.server_state import ServerState
 from tragwerk.cache.caches import Caches
 from tragwerk.monitoring.metrics import Metrics
 from tragwerk.ratelimit.admission import Admission
@@ -49,6 +50,9 @@ class Services:
     limiter: RequestLimiter | None = None
     admission: Admission | None = None
     limits: LimitSync | None = None
+    # Shared with the server's other worker processes (tragwerk api / up); None when
+    # the app is served otherwise (tests, benchmarks).
+    server_state: ServerState | None = None
     # name -> background work started and stopped with the app (e.g. "worker")
     background: dict[str, Background] = field(default_factory=dict)
 
@@ -61,6 +65,8 @@ class Services:
             await self.feed.start()
         for work in self.background.values():
             await work.start()
+        if self.server_state is not None:
+            self.server_state.mark_started()
 
     async def stop(self) -> None:
         for work in self.background.values():

@@ -20,12 +20,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
 from tragwerk.domain.events import retry_after_seconds, status_is_retryable
 from tragwerk.jobs.outcome import Permanent, Retryable
 from tragwerk.resilience.breaker import BreakerOpen, CircuitBreakers
-from tragwerk.resilience.ssrf import AddressGuard, AddressRefused, guarded_client
+from tragwerk.resilience.ssrf import CALL_ERRORS, AddressGuard, AddressRefused, guarded_pool
 
 RESPONSE_LIMIT = 16 * 1024
 USER_AGENT = "tragwerk-webhooks/1"
@@ -47,13 +45,16 @@ class Deliverer:
     ) -> None:
         self._breakers = breakers
         self._retry_ceiling = retry_ceiling
-        self._client = guarded_client(
-            guard,
-            httpx.Timeout(read_timeout, connect=connect_timeout, pool=connect_timeout),
-        )
+        self._pool = guarded_pool(guard)
+        self._timeouts = {
+            "connect": connect_timeout,
+            "pool": connect_timeout,
+            "read": read_timeout,
+            "write": read_timeout,
+        }
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._pool.aclose()
 
     async def deliver(self, url: str, secret: str, job: dict[str, Any]) -> int:
         """POST one delivery; the receiver's status, or raise Retryable / Permanent."""
@@ -64,7 +65,7 @@ class Deliverer:
             raise Retryable(str(exc), after=exc.retry_in) from exc
         body = job["body"].encode()
         timestamp = int(time.time())
-        headers = {
+        headers: dict[bytes | str, bytes | str] = {
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
             "X-Tragwerk-Event-Id": job["event_id"],
@@ -74,17 +75,19 @@ class Deliverer:
             "X-Tragwerk-Signature": sign(secret, timestamp, body),
         }
         try:
-            async with self._client.stream("POST", url, content=body, headers=headers) as response:
+            async with self._pool.stream(
+                "POST", url, headers=headers, content=body, extensions={"timeout": self._timeouts}
+            ) as response:
                 read = 0
-                async for chunk in response.aiter_raw():
+                async for chunk in response.aiter_stream():
                     read += len(chunk)
                     if read >= RESPONSE_LIMIT:
                         break
-                status = response.status_code
-                retry_after = response.headers.get("retry-after")
+                status = response.status
+                retry_after = _header(response.headers, b"retry-after")
         except AddressRefused as exc:
             raise Permanent(str(exc)) from exc
-        except httpx.HTTPError as exc:
+        except CALL_ERRORS as exc:
             self._breakers.failed(host)
             raise Retryable(f"{type(exc).__name__}: {exc or 'no detail'}") from exc
         if 200 <= status < 300:
@@ -98,3 +101,10 @@ class Deliverer:
         # The receiver is up and answered; the request itself is refused.
         self._breakers.succeeded(host)
         raise Permanent(f"receiver answered {status}; not retried")
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None

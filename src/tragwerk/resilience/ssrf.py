@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 from collections.abc import Iterable
 
 import httpcore
-import httpx
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -25,10 +25,29 @@ class AddressRefused(Exception):
     """The destination resolves to an address that outbound calls may not reach."""
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the last 32 bits are IPv4
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: local use only
+
+
 def refused_reason(address: IPAddress) -> str | None:  # noqa: PLR0911 - one per class
-    """Why `address` may not be called, or None when it is a public address."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return refused_reason(address.ipv4_mapped)
+    """Why `address` may not be called, or None when it is a public address.
+
+    IPv6 forms that carry an IPv4 address (mapped, NAT64, 6to4, Teredo) are judged by
+    the IPv4 address they lead to: Python counts 64:ff9b::a9fe:a9fe as global, yet a
+    NAT64 gateway turns it into 169.254.169.254.
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return refused_reason(address.ipv4_mapped)
+        if address in _NAT64_LOCAL:
+            return "local-use NAT64"
+        if address in _NAT64:
+            return refused_reason(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+        if address.sixtofour is not None:
+            return refused_reason(address.sixtofour)
+        if address.teredo is not None:
+            server, client = address.teredo
+            return refused_reason(client) or refused_reason(server)
     if address.is_loopback:
         return "loopback"
     if address.is_link_local:
@@ -67,8 +86,14 @@ class AddressGuard:
         return addresses
 
 
-class _GuardedBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's network backend with the guard between name and connection."""
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend with the guard between name and connection.
+
+    httpcore takes a network backend as a documented argument of its connection pool;
+    every connection the pool opens is made here, so the guard cannot be bypassed by
+    a change inside the client. (httpx offers no such argument: tragwerk calls
+    webhooks through httpcore directly rather than replace a private part of httpx.)
+    """
 
     def __init__(self, guard: AddressGuard) -> None:
         self._guard = guard
@@ -107,22 +132,28 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-def guarded_client(guard: AddressGuard, timeout: httpx.Timeout) -> httpx.AsyncClient:
-    """An httpx client whose every connection passes `guard`; no redirects, no proxies.
+# What a call through the guarded pool can raise besides AddressRefused: httpcore's
+# exceptions have no common base class.
+CALL_ERRORS: tuple[type[Exception], ...] = (
+    httpcore.TimeoutException,
+    httpcore.NetworkError,
+    httpcore.ProtocolError,
+    httpcore.UnsupportedProtocol,
+    httpcore.ProxyError,
+)
 
-    Redirects are not followed: a receiver could otherwise bounce the call to an
-    internal URL. Environment proxies are ignored for the same reason.
+
+def guarded_pool(guard: AddressGuard) -> httpcore.AsyncConnectionPool:
+    """A connection pool whose every connection passes `guard`; no redirects, no proxies.
+
+    httpcore follows no redirects (a receiver could otherwise bounce the call to an
+    internal URL) and reads no proxy settings from the environment.
     """
-    transport = httpx.AsyncHTTPTransport(retries=0)
-    # httpx builds its httpcore pool without a network-backend argument; replace the
-    # pool with one that has the guarded backend (same settings as httpx's defaults).
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(),
+    return httpcore.AsyncConnectionPool(
+        ssl_context=ssl.create_default_context(),
         max_connections=100,
         max_keepalive_connections=20,
         keepalive_expiry=5.0,
-        network_backend=_GuardedBackend(guard),
-    )
-    return httpx.AsyncClient(
-        transport=transport, timeout=timeout, follow_redirects=False, trust_env=False
+        retries=0,
+        network_backend=GuardedBackend(guard),
     )

@@ -11,6 +11,8 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from tragwerk.store import hot
+
 log = logging.getLogger(__name__)
 
 
@@ -74,7 +76,8 @@ async def check_ready(engine: AsyncEngine, within: float = READY_TIMEOUT_SECONDS
 
 @dataclass
 class QueryCounter:
-    """Counts statements sent through an engine; used by tests and benchmarks."""
+    """Counts statements sent through an engine, SQLAlchemy's and the hot path's
+    (store.hot) alike; used by tests and benchmarks."""
 
     count: int = 0
 
@@ -83,7 +86,9 @@ class QueryCounter:
 
     def attach(self, engine: AsyncEngine) -> QueryCounter:
         event.listen(engine.sync_engine, "before_cursor_execute", self._on_execute)
+        hot.watch(engine.sync_engine, self._on_execute)
         return self
 
     def detach(self, engine: AsyncEngine) -> None:
         event.remove(engine.sync_engine, "before_cursor_execute", self._on_execute)
+        hot.unwatch(engine.sync_engine, self._on_execute)

@@ -6,20 +6,36 @@ PostgreSQL. Here a statement is compiled once per shape, and each execution is o
 `fetch` on the driver connection returning plain records. Measured in
 docs/decisions/0002-hot-reads-on-asyncpg.md. Writes keep the full SQLAlchemy path.
 
-Executions still reach SQLAlchemy's `before_cursor_execute` listeners (with no
-cursor or context), so statement counting sees them like any other query.
+These executions bypass SQLAlchemy's events, so they are reported to watchers of
+their own (`watch`), which statement counting (store.database.QueryCounter) attaches
+beside its SQLAlchemy listener: a test that counts a request's statements sees both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import Executable
 
 _DIALECT = asyncpg_dialect()  # type: ignore[no-untyped-call]
+
+Watcher = Callable[[str], None]  # called with the SQL of each hot execution
+_WATCHERS: WeakKeyDictionary[Engine, list[Watcher]] = WeakKeyDictionary()
+
+
+def watch(engine: Engine, watcher: Watcher) -> None:
+    _WATCHERS.setdefault(engine, []).append(watcher)
+
+
+def unwatch(engine: Engine, watcher: Watcher) -> None:
+    watchers = _WATCHERS.get(engine, [])
+    if watcher in watchers:
+        watchers.remove(watcher)
 
 
 class CompiledQuery:
@@ -41,10 +57,9 @@ async def fetch(
 ) -> Sequence[Any]:
     """Run `query` and return asyncpg records (mapping-like, cheap to turn into dicts)."""
     args = query.args(params)
-    sync = conn.sync_connection
-    if sync is not None and sync.dispatch.before_cursor_execute:
-        for listener in sync.dispatch.before_cursor_execute:
-            listener(sync, None, query.sql, args, None, False)
+    if _WATCHERS:  # empty unless a test or benchmark counts statements
+        for watcher in _WATCHERS.get(conn.sync_engine, ()):
+            watcher(query.sql)
     raw = (await conn.get_raw_connection()).driver_connection
     assert raw is not None
     records: Sequence[Any] = await raw.fetch(query.sql, *args)

@@ -34,6 +34,10 @@ async def ready(svc: Svc) -> Response:
     for name, work in svc.background.items():
         checks[name] = await work.ready()
     ok = checks["database"] == "ok"
+    if svc.server_state is not None and svc.server_state.draining():
+        # Stopping (SIGTERM): out of rotation first, while requests are still served.
+        checks["server"] = "draining"
+        ok = False
     return JSON(
         {"status": "ok" if ok else "failing", "checks": checks}, status_code=200 if ok else 503
     )

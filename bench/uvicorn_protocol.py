@@ -1,4 +1,11 @@
-"""The HTTP server every API process runs: uvicorn with limits on the request head.
+"""Kept for comparison only: how tragwerk served on uvicorn before it moved to granian.
+
+bench.serve runs the full app on this protocol (`--server uvicorn`) beside granian, so
+the move's gain is measured in the same run (docs/decisions/0009). It reaches into
+uvicorn's private attributes and runs a copy of one of its methods, which is why
+tragwerk itself no longer uses it (docs/decisions/0007, 0008, superseded).
+
+Its original description: uvicorn with limits on the request head.
 
 uvicorn's httptools protocol has no limit of its own on a request's head: a
 20 MB header line or 100,000 header fields are buffered, parsed and handed to the
@@ -34,7 +41,6 @@ from uvicorn.protocols.http.httptools_impl import (
 
 from tragwerk.api.middleware import problem_body
 from tragwerk.domain.observability import ModuleReporter, Tally
-from tragwerk.settings import Settings
 
 LINGER_SECONDS = 1.0  # a refused connection stays open this long, its input dropped
 
@@ -169,8 +175,8 @@ class ResponseCycle(RequestResponseCycle):
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # Until configure(): the settings' defaults.
-    max_head_bytes: ClassVar[int] = Settings.max_head_bytes
-    max_headers: ClassVar[int] = Settings.max_headers
+    max_head_bytes: ClassVar[int] = 16_384
+    max_headers: ClassVar[int] = 100
     refused: ClassVar[Tally] = Tally()
 
     # Per connection. `_head_bytes`: the bytes of the reads that began outside a

@@ -1,0 +1,113 @@
+"""Real tragwerk processes for acceptance tests: start, wait until ready, find children, stop."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+STARTUP_SECONDS = 60
+
+
+def start(
+    cwd: Path, *args: str, env: dict[str, str] | None = None, output: Path | None = None
+) -> subprocess.Popen[str]:
+    """`tragwerk ARGS` with only the TRAGWERK_ variables given in `env`.
+
+    Its output goes to `output` if given (a long-running server fills a pipe nobody
+    reads), else to a pipe that `stop` reads.
+    """
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TRAGWERK_")}
+    full_env.update(env or {})
+    out = output.open("w") if output is not None else subprocess.PIPE
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tragwerk.cli", *args],
+            cwd=cwd,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    finally:
+        if output is not None:
+            out.close()  # type: ignore[union-attr]
+
+
+def wait_ready(proc: subprocess.Popen[str], port: int, path: str = "/health/ready") -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"tragwerk exited with {proc.returncode}:\n{out}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"tragwerk did not become ready on port {port} in time")
+
+
+def children(pid: int) -> list[int]:
+    """The direct child processes of `pid` (Linux /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):  # a zombie is dead too
+        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
+            return False
+    return True
+
+
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 60) -> str:
+    """Send `sig`, wait for the exit and return the output (when it went to a pipe)."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"tragwerk did not stop within {timeout} s:\n{out}") from None
+    return out or ""
+
+
+@contextlib.contextmanager
+def running(
+    cwd: Path, *args: str, env: dict[str, str], port: int, output: Path | None = None
+) -> Iterator[subprocess.Popen[str]]:
+    """A ready tragwerk process, stopped (and, if it will not stop, killed) afterwards."""
+    proc = start(cwd, *args, "--port", str(port), env=env, output=output)
+    try:
+        wait_ready(proc, port)
+        yield proc
+    finally:
+        kids = children(proc.pid) if proc.poll() is None else []
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        for kid in kids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(kid, signal.SIGKILL)
