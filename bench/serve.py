@@ -27,8 +27,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-
 from tragwerk.api.http_server import uvicorn_options
+
 from tragwerk.api.schemas import Country, Location
 from tragwerk.store.database import create_engine
 from tragwerk.store.queries.directory import DirectoryStore

@@ -12,7 +12,6 @@ from limits import parse
 
 from tragwerk.domain.cases import SlaPolicy
 
-
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 

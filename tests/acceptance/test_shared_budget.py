@@ -95,12 +95,11 @@ def test_one_budget_across_two_instances(pair: tuple[list[str], str]) -> None:
 
 
 def test_both_entry_points_refuse_an_oversized_head(pair: tuple[list[str], str]) -> None:
-    # `tragwerk up` and `tragwerk api` both serve through tragwerk's HTTP protocol
-    # (tragwerk.api.http_server): a head over TRAGWERK_MAX_HEAD_BYTES gets 431.
+    # `tragwerk up` and `tragwerk api` both serve through granian with the same settings
+    # (tragwerk.api.serving): a head over TRAGWERK_MAX_HEAD_BYTES gets 431 from the
+    # server itself, before the app (which would add an X-Request-Id) sees it.
     bases, _admin = pair
     for base in bases:
         response = httpx.get(f"{base}/v1/countries", headers={"X-Big": "a" * 20_000})
         assert response.status_code == 431
-        assert response.headers["content-type"] == "application/problem+json"
-        metrics = httpx.get(f"{base}/metrics").text
-        assert 'event="head_too_large",module="http_server"} 1.0' in metrics
+        assert "x-request-id" not in response.headers

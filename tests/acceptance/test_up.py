@@ -200,3 +200,41 @@ def test_api_refuses_a_database_that_is_not_migrated(tmp_path: Path) -> None:
         assert "run 'tragwerk migrate' first" in out
     finally:
         asyncio.run(drop_database(SERVICE_PG_ADMIN_URL, url))
+
+
+def _processes_of(port: int) -> list[int]:
+    """Processes still running `tragwerk ... --port PORT` (the command or its workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"tragwerk.cli" in argv and str(port).encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("delay", [0.2, 1.0, 2.0, 3.5])
+def test_sigterm_during_start_up_stops_everything(tmp_path: Path, delay: float) -> None:
+    """Whatever `up` is doing (starting PostgreSQL, migrating, starting its worker
+    process), SIGTERM stops it cleanly: exit 0, nothing left running."""
+    os.chmod(tmp_path, 0o755)
+    port = free_port()
+    warm = _start(tmp_path, "migrate", "--data-dir", "data")  # the data directory exists
+    out, _ = warm.communicate(timeout=120)
+    assert warm.returncode == 0, out
+    proc = _start(tmp_path, "up", "--port", str(port), "--data-dir", "data")
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    if proc.returncode == -signal.SIGTERM:
+        # Before the interpreter had set its handlers: ended by the default action,
+        # and it had started nothing yet.
+        assert "starting the embedded PostgreSQL" not in out, out
+    else:
+        assert proc.returncode == 0, out
+    assert not _postgres_running(tmp_path / "data" / "pgdata"), out
+    assert _processes_of(port) == [], out

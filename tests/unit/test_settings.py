@@ -44,8 +44,34 @@ def test_reads_every_variable() -> None:
         ({"TRAGWERK_DB_POOL_SIZE": "0"}, "at least 1"),
         ({"TRAGWERK_SLA_HOURS": "soon=1"}, "TRAGWERK_SLA_HOURS"),
         ({"TRAGWERK_PAGE_SIZE_DEFAULT": "500"}, "must not exceed"),
+        ({"TRAGWERK_TRUSTED_PROXIES": "10.0.0.0/8, gateway"}, "'gateway'"),
+        ({"TRAGWERK_FORWARDED_HEADER": "x-real-ip"}, "x-forwarded-for or forwarded"),
+        ({"TRAGWERK_MAX_HEAD_BYTES": "4096"}, "at least 8192"),
+        ({"TRAGWERK_HEADER_READ_TIMEOUT_SECONDS": "120"}, "at most 60"),
     ],
 )
 def test_bad_values_are_named(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(env)
+
+
+def test_serving_settings() -> None:
+    settings = Settings.from_env(
+        {
+            "TRAGWERK_TRUSTED_PROXIES": "10.1.0.0/16, 192.0.2.7,2001:db8::/32",
+            "TRAGWERK_FORWARDED_HEADER": "Forwarded",
+            "TRAGWERK_HEADER_READ_TIMEOUT_SECONDS": "2.5",
+            "TRAGWERK_BACKPRESSURE": "300",
+            "TRAGWERK_DRAIN_SECONDS": "4",
+        }
+    )
+    assert [str(n) for n in settings.trusted_proxies] == [
+        "10.1.0.0/16",
+        "192.0.2.7/32",
+        "2001:db8::/32",
+    ]
+    assert settings.forwarded_header == "forwarded"
+    assert settings.header_read_timeout_seconds == 2.5
+    assert settings.backpressure == 300
+    assert settings.drain_seconds == 4
+    assert Settings.from_env({}).trusted_proxies == ()  # nobody is trusted by default

@@ -20,20 +20,24 @@ from weakref import WeakKeyDictionary
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.pool import Pool
 from sqlalchemy.sql.expression import Executable
 
 _DIALECT = asyncpg_dialect()  # type: ignore[no-untyped-call]
 
 Watcher = Callable[[str], None]  # called with the SQL of each hot execution
-_WATCHERS: WeakKeyDictionary[Engine, list[Watcher]] = WeakKeyDictionary()
+# By connection pool: an engine with other execution options (store.queries' read-only
+# engine) is another Engine object on the same pool.
+_WATCHERS: WeakKeyDictionary[Pool, list[Watcher]] = WeakKeyDictionary()
 
 
 def watch(engine: Engine, watcher: Watcher) -> None:
-    _WATCHERS.setdefault(engine, []).append(watcher)
+    """Call `watcher` for each hot execution on `engine`'s pool."""
+    _WATCHERS.setdefault(engine.pool, []).append(watcher)
 
 
 def unwatch(engine: Engine, watcher: Watcher) -> None:
-    watchers = _WATCHERS.get(engine, [])
+    watchers = _WATCHERS.get(engine.pool, [])
     if watcher in watchers:
         watchers.remove(watcher)
 
@@ -58,7 +62,7 @@ async def fetch(
     """Run `query` and return asyncpg records (mapping-like, cheap to turn into dicts)."""
     args = query.args(params)
     if _WATCHERS:  # empty unless a test or benchmark counts statements
-        for watcher in _WATCHERS.get(conn.sync_engine, ()):
+        for watcher in _WATCHERS.get(conn.sync_engine.pool, ()):
             watcher(query.sql)
     raw = (await conn.get_raw_connection()).driver_connection
     assert raw is not None
