@@ -72,9 +72,12 @@ def grace_seconds(settings: Settings, *, with_worker: bool) -> int:
     return max(1, round(grace))
 
 
-def build_server(settings: Settings, *, workers: int, with_worker: bool) -> MPServer | MTServer:
+def build_server(
+    settings: Settings, *, workers: int, with_worker: bool, target: str | None = None
+) -> MPServer | MTServer:
+    """granian with tragwerk's settings; `target` (a factory) replaces the app (benchmarks)."""
     server: MPServer | MTServer = Granian(
-        API_WITH_WORKER if with_worker else API_ONLY,
+        target or (API_WITH_WORKER if with_worker else API_ONLY),
         address=settings.host,
         port=settings.port,
         interface=Interfaces.ASGI,
