@@ -119,9 +119,9 @@ def throughput(url: str, tokens_file: Path, seconds: int, rounds: int) -> list[d
             try:
                 say(f"throughput | round {round_}/{rounds} | {label}")
                 load(ports, tokens_file, 3)
-                cpu_before = sum(cpu_seconds(proc.pid) for proc in procs)
+                cpu_before = sum(servers.cpu_seconds(proc.pid) for proc in procs)
                 result = load(ports, tokens_file, seconds)
-                cpu = sum(cpu_seconds(proc.pid) for proc in procs) - cpu_before
+                cpu = sum(servers.cpu_seconds(proc.pid) for proc in procs) - cpu_before
             finally:
                 for proc in procs:
                     stop(proc)
@@ -182,7 +182,7 @@ def side_by_side(url: str, tokens_file: Path, seconds: int, rounds: int) -> list
                 # batch, in the request path) only after some thousands of requests, which
                 # two instances sharing a core take seconds to serve.
                 load(ports, tokens_file, seconds)
-                before = [cpu_seconds(proc.pid) for proc in procs]
+                before = [servers.cpu_seconds(proc.pid) for proc in procs]
                 connections = 32 // instances
                 with ThreadPoolExecutor(len(ports)) as pool:
                     each = list(
@@ -193,7 +193,9 @@ def side_by_side(url: str, tokens_file: Path, seconds: int, rounds: int) -> list
                             ports,
                         )
                     )
-                cpu = [cpu_seconds(proc.pid) - b for proc, b in zip(procs, before, strict=True)]
+                cpu = [
+                    servers.cpu_seconds(proc.pid) - b for proc, b in zip(procs, before, strict=True)
+                ]
             finally:
                 for proc in procs:
                     stop(proc)
@@ -223,12 +225,6 @@ def side_by_side(url: str, tokens_file: Path, seconds: int, rounds: int) -> list
         }
         for label, rows in runs.items()
     ]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process so far (taskset execs the server: same pid)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def load(ports: list[int], tokens_file: Path, seconds: int) -> dict[str, Any]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import random
@@ -50,38 +49,9 @@ def serving_process(proc: subprocess.Popen[bytes]) -> int:
     """The process that serves requests: granian's one worker, or the process itself."""
     time.sleep(0.2)
     pids = [proc.pid]
-    while True:  # taskset execs in place; granian's main has one child, its worker
-        kids = _children(pids[-1])
-        if not kids:
-            return pids[-1]
+    while kids := servers.children(pids[-1]):  # granian's main has one child, its worker
         pids.append(kids[0])
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            found += [int(c) for c in (task / "children").read_text().split()]
-    return found
-
-
-def cpu_seconds(root: int) -> float:
-    """User and system CPU time of `root` and its descendants (granian's main and worker)."""
-    total, pending = 0.0, [root]
-    while pending:
-        pid = pending.pop()
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-            pending += _children(pid)
-    return total
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return pids[-1]
 
 
 def measure(
@@ -99,15 +69,15 @@ def measure(
     results = []
     try:
         server_pid = serving_process(proc)
-        rss_before = rss_mib(server_pid)
+        rss_before = servers.rss_mib(server_pid)
         for workload, lua in workloads.items():
             if not full_app and workload != "cached reference read":
                 continue
             connections = 64 if workload == "cached reference read" else 8
             servers.wrk(port, connections, args.warmup, **lua)
-            cpu = cpu_seconds(proc.pid)
+            cpu = servers.cpu_seconds(proc.pid)
             result = servers.wrk(port, connections, args.duration, **lua)
-            cpu = cpu_seconds(proc.pid) - cpu
+            cpu = servers.cpu_seconds(proc.pid) - cpu
             result.update(
                 contender=name,
                 workload=workload,
@@ -115,7 +85,7 @@ def measure(
                 cpu_ms_per_request=cpu * 1000 / max(1, result["requests"]),
             )
             results.append(result)
-        rss_after = rss_mib(server_pid)
+        rss_after = servers.rss_mib(server_pid)
         for result in results:
             result.update(rss_before_mib=rss_before, rss_after_mib=rss_after)
     finally:
