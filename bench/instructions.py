@@ -2,13 +2,14 @@
 
     python -m bench.instructions [--tokens 100] [--warm 20] [--seconds 15]
 
-Five configurations: limiter off, on memory, on Redis, admission control alone
-(limiter off, admission on, as in the two before), and "off" once more on uvicorn's
-own HTTP protocol, without tragwerk's request-head limits.
+Five configurations on granian, as `tragwerk api` serves: limiter off, on memory, on
+Redis, admission control alone (limiter off, admission on, as in the two before);
+and "off" once more on uvicorn with the protocol tragwerk used before granian.
 
-Runs the API under valgrind's callgrind with counting switched off, loads it with
-wrk for `--warm` seconds, then counts the user-space instructions of the API process
-(uvicorn, the app, the libraries; not the kernel) while wrk sends `GET
+Runs the API under valgrind's callgrind with counting switched off (granian's worker
+process is forked inside valgrind and counted on its own), loads it with wrk for
+`--warm` seconds, then counts the user-space instructions of the process serving
+requests (server, app, libraries; not the kernel) while wrk sends `GET
 /v1/locations` for `--seconds` more, each request with one of `--tokens` tokens.
 Instruction counts do not depend on what else the machine is doing, so unlike
 requests per second they compare across runs and machines of the same software;
@@ -40,14 +41,10 @@ CONFIGS: list[tuple[str, dict[str, str]]] = [
     ("redis", {"TRAGWERK_REDIS_URL": REDIS}),
     # Admission control alone (on in "memory" and "redis"): its share of their cost.
     ("admission only", {"TRAGWERK_RATE_LIMIT": "off"}),
-    # What the request-head limits (tragwerk.api.http_server) cost every configuration.
+    # The same as the first, on the server tragwerk used before (bench.uvicorn_protocol).
     (
-        "limiter off, uvicorn's own protocol",
-        {
-            "TRAGWERK_RATE_LIMIT": "off",
-            "TRAGWERK_MAX_IN_FLIGHT": "0",
-            "TRAGWERK_BENCH_HTTP": "httptools",
-        },
+        "limiter off, on uvicorn (before)",
+        {"TRAGWERK_RATE_LIMIT": "off", "TRAGWERK_MAX_IN_FLIGHT": "0", "BENCH_SERVER": "uvicorn"},
     ),
 ]
 
@@ -68,8 +65,10 @@ def counting(pid: int, state: str) -> None:
 def measure(url: str, env: dict[str, str], tokens_file: Path, warm: int, seconds: int) -> float:
     workdir = Path(tempfile.mkdtemp(prefix="tragwerk-callgrind-"))
     log = workdir / "valgrind.log"
+    env = dict(env)
+    server = env.pop("BENCH_SERVER", "granian")
     proc = servers.start(
-        ["bench.serve", "tragwerk"],
+        ["bench.serve", "tragwerk", "--server", server],
         PORT,
         {
             "TRAGWERK_DATABASE_URL": url,
@@ -81,19 +80,22 @@ def measure(url: str, env: dict[str, str], tokens_file: Path, warm: int, seconds
             "valgrind",
             "--tool=callgrind",
             "--instr-atstart=no",
-            f"--callgrind-out-file={workdir / 'callgrind.out'}",
+            f"--callgrind-out-file={workdir / 'callgrind.out.%p'}",
         ],
         timeout=300,  # start-up under valgrind takes a while
         output=log,
     )
+    serving = proc.pid  # uvicorn serves in its only process, granian in its one worker
+    while kids := servers.children(serving):
+        serving = kids[0]
     try:
         wrk(tokens_file, warm)  # caches, reservations, the pool: all warm
-        counting(proc.pid, "on")
+        counting(serving, "on")
         requests = wrk(tokens_file, seconds)
-        counting(proc.pid, "off")
+        counting(serving, "off")
     finally:
         servers.stop(proc, grace=120)  # valgrind writes its count on the way out
-    found = re.search(r"Collected : ([\d,]+)", log.read_text())
+    found = re.search(rf"=={serving}== Collected : ([\d,]+)", log.read_text())
     if found is None:
         raise SystemExit(f"no instruction count in {log}")
     shutil.rmtree(workdir, ignore_errors=True)
