@@ -115,7 +115,7 @@ def tragwerk_setup(setting: str, *args: str) -> Setup:
         worker=lambda: [PY, "-m", "tragwerk.cli", "worker", *args],
         env={
             "TRAGWERK_DATABASE_URL": DSN,
-            "TRAGWERK_WORKER_PORT": "0",
+            "TRAGWERK_WORKER_PORT": "off",
             "TRAGWERK_SLA_SCAN_SECONDS": "3600",
             "TRAGWERK_LOG_LEVEL": "warning",
         },

@@ -8,9 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from limits import parse
-
 from tragwerk.domain.cases import SlaPolicy
+from tragwerk.domain.rates import rate_problem
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -136,7 +135,8 @@ class Settings:
     worker_concurrency: int = 50
     # Jobs claimed per statement; 0: min(100, concurrency).
     worker_batch: int = 0
-    worker_port: int = 8001
+    # The worker's health and metrics port; 0: one the system picks; None: none.
+    worker_port: int | None = 8001
     worker_grace_seconds: float = 20.0
     sla_scan_seconds: float = 30.0
     sla_at_risk_minutes: float = 60.0
@@ -208,20 +208,20 @@ class Settings:
             job_log_retention_hours=_float(env, "TRAGWERK_JOB_LOG_RETENTION_HOURS", 72.0, 0.01),
             worker_concurrency=_int(env, "TRAGWERK_WORKER_CONCURRENCY", 50, minimum=2),
             worker_batch=_int(env, "TRAGWERK_WORKER_BATCH", 0, minimum=0),
-            worker_port=_int(env, "TRAGWERK_WORKER_PORT", 8001, minimum=0),
+            worker_port=(
+                None
+                if (env.get("TRAGWERK_WORKER_PORT") or "").strip().lower() == "off"
+                else _int(env, "TRAGWERK_WORKER_PORT", 8001, minimum=0)
+            ),
             worker_grace_seconds=_float(env, "TRAGWERK_WORKER_GRACE_SECONDS", 20.0),
             sla_scan_seconds=_float(env, "TRAGWERK_SLA_SCAN_SECONDS", 30.0, 0.1),
             sla_at_risk_minutes=_float(env, "TRAGWERK_SLA_AT_RISK_MINUTES", 60.0),
             sla_lookback_hours=_float(env, "TRAGWERK_SLA_LOOKBACK_HOURS", 24.0, 0.01),
         )
         for name in ("limit_anonymous", "limit_external", "limit_internal", "limit_auth_failures"):
-            try:
-                parse(getattr(settings, name))
-            except ValueError:
-                variable = "TRAGWERK_" + name.upper()
-                raise SettingsError(
-                    f"{variable} must be a rate like '1200/minute', got {getattr(settings, name)!r}"
-                ) from None
+            problem = rate_problem(getattr(settings, name))
+            if problem is not None:
+                raise SettingsError(f"TRAGWERK_{name.upper()}: {problem}")
         for name in ("fail_anonymous", "fail_external", "fail_internal"):
             if getattr(settings, name) not in {"open", "local", "closed"}:
                 variable = "TRAGWERK_LIMIT_" + name.upper()

@@ -55,7 +55,7 @@ def worker_env(url: str, smtp: SmtpSink | None, **extra: str) -> dict[str, str]:
             "TRAGWERK_JOB_HEARTBEAT_TIMEOUT_SECONDS": "2",
             "TRAGWERK_JOB_RETRY_BASE_SECONDS": "0.1",
             "TRAGWERK_JOB_RETRY_CAP_SECONDS": "1",
-            "TRAGWERK_WORKER_PORT": "0",
+            "TRAGWERK_WORKER_PORT": "off",
             "TRAGWERK_SLA_SCAN_SECONDS": "3600",
             "TRAGWERK_LOG_LEVEL": "warning",
         }
@@ -286,3 +286,34 @@ async def jobs_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProce
 
 async def _held_rows(url: str) -> bool:
     return (await picked_or_queued(url)).get("failed", 0) == 1
+
+
+async def test_several_workers_on_one_host_share_the_configured_port(
+    database: str, tmp_path: Path
+) -> None:
+    """The second worker used to exit with status 3 (port taken); each now takes the next
+    free port and says where it listens."""
+    port = free_port()
+    logs = [tmp_path / f"worker{i}.log" for i in range(3)]
+    env = worker_env(database, None, TRAGWERK_WORKER_PORT=str(port), TRAGWERK_LOG_LEVEL="info")
+    procs = []
+    try:
+        for log in logs:
+            procs.append(start_worker(env, log))
+            await eventually(lambda log=log: "/metrics" in log.read_text(), within=30)
+        ports = []
+        for log in logs:
+            line = next(x for x in log.read_text().splitlines() if "worker health" in x)
+            ports.append(int(line.split("http://127.0.0.1:")[1].split("/")[0]))
+        assert ports[0] == port
+        assert len(set(ports)) == 3
+        for p in ports:
+            r = await eventually(lambda p=p: _get(f"http://127.0.0.1:{p}/health/live"))
+            assert r.status_code == 200
+        assert all(proc.poll() is None for proc in procs)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            assert await asyncio.to_thread(proc.wait, 30) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -139,3 +140,96 @@ async def test_every_v1_route_requires_authentication(api: Api) -> None:
         for method in route.methods:
             r = await api.client.request(method, path, json={})
             assert r.status_code == 401, (method, path, r.status_code)
+
+
+async def _service_client(api: Api, role: str, *, internal: bool) -> tuple[int, str]:
+    """A new service client with `role` and one token of its own: (id, token)."""
+    roles = {r["name"]: r["id"] for r in (await api.get("/v1/roles")).json()}
+    name = f"svc-{role}-{uuid.uuid4().hex[:8]}"
+    created = await api.post(
+        "/v1/service-clients", {"name": name, "role_id": roles[role], "internal": internal}
+    )
+    assert created.status_code == 201, created.text
+    client_id = int(created.json()["id"])
+    r = await api.post("/v1/tokens", {"name": "own", "service_client_id": client_id})
+    assert r.status_code == 201, r.text
+    return client_id, str(r.json()["token"])
+
+
+async def test_a_service_client_cannot_mint_tokens_for_another(api: Api) -> None:
+    """Reproduced escalation: a viewer service client made a token for an internal admin
+    client (both have no user id, and only user ids were compared), then one for the
+    admin user."""
+    viewer_id, viewer = await _service_client(api, "viewer", internal=False)
+    admin_client_id, _admin_client = await _service_client(api, "admin", internal=True)
+    r = await api.post("/v1/tokens", {"name": "x", "service_client_id": admin_client_id}, viewer)
+    assert r.status_code == 403, r.text
+    me = (await api.get("/v1/users/me")).json()
+    r = await api.post("/v1/tokens", {"name": "x", "user_id": me["id"]}, viewer)
+    assert r.status_code == 403, r.text
+    # For itself it still may, with or without naming itself.
+    r = await api.post("/v1/tokens", {"name": "mine", "service_client_id": viewer_id}, viewer)
+    assert r.status_code == 201, r.text
+    r = await api.post("/v1/tokens", {"name": "mine too"}, viewer)
+    assert r.status_code == 201, r.text
+    assert r.json()["service_client_id"] == viewer_id
+    assert r.json()["user_id"] is None
+
+
+async def test_a_service_client_cannot_revoke_or_list_another_clients_tokens(api: Api) -> None:
+    _one_id, one = await _service_client(api, "agent", internal=False)
+    two_id, two = await _service_client(api, "agent", internal=False)
+    two_tokens = (await api.get("/v1/tokens", two)).json()
+    assert [t["service_client_id"] for t in two_tokens] == [two_id]
+    r = await api.client.delete(f"/v1/tokens/{two_tokens[0]['id']}", headers=api.auth(one))
+    assert r.status_code == 404
+    mine = (await api.get("/v1/tokens", one)).json()
+    assert all(t["service_client_id"] != two_id for t in mine)
+    assert all(t["user_id"] is None for t in mine)  # no user's token either
+    r = await api.get(f"/v1/tokens?service_client_id={two_id}", one)
+    assert r.status_code == 403
+    r = await api.get("/v1/tokens?all=true", one)
+    assert r.status_code == 403
+
+
+async def test_admins_see_every_token_and_deactivate_service_clients(api: Api) -> None:
+    client_id, token = await _service_client(api, "agent", internal=True)
+    everyone = (await api.get("/v1/tokens?all=true")).json()
+    assert any(t["service_client_id"] == client_id for t in everyone)
+    assert any(t["user_id"] is not None for t in everyone)
+    theirs = (await api.get(f"/v1/tokens?service_client_id={client_id}")).json()
+    assert [t["service_client_id"] for t in theirs] == [client_id]
+    assert (await api.get("/v1/cases", token)).status_code == 200
+    r = await api.client.patch(
+        f"/v1/service-clients/{client_id}", json={"active": False}, headers=api.auth()
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["active"] is False
+    assert (await api.get("/v1/cases", token)).status_code == 401  # at once, cache or not
+    r = await api.client.patch(
+        f"/v1/service-clients/{client_id}", json={"active": True}, headers=api.auth()
+    )
+    assert (await api.get("/v1/cases", token)).status_code == 200
+    r = await api.client.patch(
+        "/v1/service-clients/999999", json={"active": False}, headers=api.auth()
+    )
+    assert r.status_code == 404
+    _other, agent = await _service_client(api, "agent", internal=False)
+    r = await api.client.patch(
+        f"/v1/service-clients/{client_id}", json={"active": False}, headers=api.auth(agent)
+    )
+    assert r.status_code == 403
+
+
+async def test_limit_changes_by_a_service_client_name_it(api: Api) -> None:
+    client_id, token = await _service_client(api, "admin", internal=True)
+    r = await api.client.put(
+        "/v1/admin/limits/internal", json={"rate": "50000/minute"}, headers=api.auth(token)
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["updated_by"] is None
+    assert r.json()["updated_by_service_client"] == client_id
+    audit = (await api.get("/v1/admin/limits/audit")).json()[0]
+    assert (audit["changed_by"], audit["changed_by_service_client"]) == (None, client_id)
+    r = await api.client.delete("/v1/admin/limits/internal", headers=api.auth(token))
+    assert r.status_code == 200

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import httpx
@@ -10,6 +11,7 @@ from tests.conftest import Api
 from tragwerk.api.app import create_app
 from tragwerk.bootstrap import build_services
 from tragwerk.settings import Settings
+from tragwerk.store.database import QueryCounter
 
 
 def _sample(text: str, name: str, **labels: str) -> float:
@@ -151,3 +153,16 @@ async def test_warming_an_unreachable_database_neither_hangs_nor_raises() -> Non
         assert await warm_pool(engine, 3) == 0
     finally:
         await engine.dispose()
+
+
+async def test_a_burst_of_readiness_checks_asks_the_database_once(api: Api) -> None:
+    """Health checks of every gateway, never rate-limited: answered from a probe result
+    at most a second old rather than a pooled connection per call."""
+    await asyncio.sleep(1.1)  # the previous test's result has aged out
+    counter = QueryCounter().attach(api.services.engine)
+    try:
+        answers = await asyncio.gather(*(api.client.get("/health/ready") for _ in range(200)))
+    finally:
+        counter.detach(api.services.engine)
+    assert {r.status_code for r in answers} == {200}
+    assert counter.count == 1

@@ -105,10 +105,16 @@ async def test_failed_authentications_are_throttled_per_address(database_url: st
     instance, app = await make_api(
         database_url,
         _settings(
-            database_url, "memory", limit_auth_failures="5/minute", limit_anonymous="1000/minute"
+            database_url,
+            "memory",
+            limit_auth_failures="5/minute",
+            limit_anonymous="1000/minute",
+            limit_external="1000/minute",
         ),
     )
     async with app.router.lifespan_context(app):
+        assert (await instance.get("/v1/cases")).status_code == 200  # a user at work
+        other = await instance.token_for((await instance.user())["id"])  # not used yet
         codes = [
             (
                 await instance.client.get(
@@ -119,9 +125,14 @@ async def test_failed_authentications_are_throttled_per_address(database_url: st
         ]
         assert codes[:5] == [401] * 5
         assert codes[5:] == [429, 429]
-        r = await instance.get("/v1/cases")  # even a good token waits: none is looked up
+        # A token not known to be valid is not looked up, so none can be guessed ...
+        r = await instance.get("/v1/cases", other)
         assert r.status_code == 429
         assert r.json()["type"].endswith("/too-many-failed-authentications")
+        # ... but the address's user whose token is known valid keeps working: the
+        # failing attempts are throttled, not everybody behind the address.
+        r = await instance.get("/v1/cases")
+        assert r.status_code == 200, r.text
     await instance.client.aclose()
 
 
@@ -322,6 +333,16 @@ async def test_limits_change_at_run_time_on_every_instance(api: Api, database_ur
 async def test_limit_changes_are_validated_and_guarded(api: Api) -> None:
     r = await api.client.put("/v1/admin/limits/external", json={"rate": "lots"}, headers=api.auth())
     assert r.status_code == 422
+    # Each of these was taken before: 0/minute refused every request of the tier,
+    # 1/0 second was applied as 1 per second, and of two limits only the first.
+    for rate in ("0/minute", "1/0 second", "10/minute;1/second"):
+        r = await api.client.put(
+            "/v1/admin/limits/external", json={"rate": rate}, headers=api.auth()
+        )
+        assert r.status_code == 422, (rate, r.text)
+        assert r.headers["content-type"] == "application/problem+json"
+    tiers = {t["tier"]: t for t in (await api.get("/v1/admin/limits")).json()}
+    assert tiers["external"]["source"] == "setting"  # nothing was stored
     r = await api.client.put(
         "/v1/admin/limits/everyone", json={"rate": "1/minute"}, headers=api.auth()
     )

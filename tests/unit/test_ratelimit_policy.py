@@ -33,3 +33,24 @@ def test_policy_header_field() -> None:
 def test_unparseable_limit_is_named() -> None:
     with pytest.raises(ValueError, match="often"):
         parse_limit("often")
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("0/minute", "allows nothing"),
+        ("1/0 second", "window of zero"),
+        ("5 per 0 minutes", "window of zero"),
+        ("10/minute;5/second", "not one rate"),
+        ("10/minute, 5/second", "not one rate"),
+        ("-1/minute", "not one rate"),
+    ],
+)
+def test_only_one_positive_rate_is_a_limit(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        parse_limit(text)
+
+
+@pytest.mark.parametrize("text", ["1200/minute", "20/second", "100 per 10 minutes", "3/Hours"])
+def test_usual_rates_are_read(text: str) -> None:
+    assert parse_limit(text).amount >= 1

@@ -107,17 +107,21 @@ class Limiting:
         if raw is None:
             tier, key = _ANONYMOUS, "ip:" + _client(scope)
         else:
-            if limiter.blocked:  # some address is blocked: is it this one?
-                wait = limiter.auth_blocked(_client(scope))
-                if wait:
-                    return Refusal(
-                        429,
-                        "too-many-failed-authentications",
-                        "too many failed authentications from this address",
-                        wait,
-                    )
             who = authenticate_cached(self.services, raw)
             if who is None:  # not cached (or not valid): look it up, then go on
+                # Unless this address is blocked for failed authentications: then no
+                # token is looked up, so none can be guessed. A token already known to
+                # be valid (cached, above) is still served: the throttle stops the
+                # failing attempts, not the address's users (behind one proxy: all).
+                if limiter.blocked:
+                    wait = limiter.auth_blocked(_client(scope))
+                    if wait:
+                        return Refusal(
+                            429,
+                            "too-many-failed-authentications",
+                            "too many failed authentications from this address",
+                            wait,
+                        )
                 return self._admit_after_lookup(scope, fields, limiter, raw, cost)
             scope[SCOPE_KEY] = who  # the routes need not look the token up again
             tier, key = (_INTERNAL if who.internal else _EXTERNAL), who.key

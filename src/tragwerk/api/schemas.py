@@ -238,6 +238,12 @@ class ServiceClient(BaseModel):
     created_at: datetime
 
 
+class ServiceClientUpdate(Body):
+    active: StrictBool | None = Field(
+        None, description="false: every token of the client is refused from now on"
+    )
+
+
 class TokenCreate(Body):
     name: Name
     user_id: Id | None = Field(None, description="Another user's id (needs tokens:write)")
@@ -328,6 +334,7 @@ class TierLimit(BaseModel):
     source: Literal["setting", "override"]
     updated_at: datetime | None
     updated_by: int | None
+    updated_by_service_client: int | None = None
 
 
 class LimitAudit(BaseModel):
@@ -338,6 +345,7 @@ class LimitAudit(BaseModel):
     old_fail_mode: str | None
     new_fail_mode: str | None
     changed_by: int | None
+    changed_by_service_client: int | None
     changed_at: datetime
 
 

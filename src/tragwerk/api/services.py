@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tragwerk.api.cached import CachedReads
 from tragwerk.api.limit_sync import LimitSync
+from tragwerk.api.readiness import ReadinessProbe
 from tragwerk.api.server_state import ServerState
 from tragwerk.cache.caches import Caches
 from tragwerk.monitoring.metrics import Metrics
@@ -16,7 +17,7 @@ from tragwerk.ratelimit.admission import Admission
 from tragwerk.ratelimit.limiter import RequestLimiter
 from tragwerk.settings import Settings
 from tragwerk.store.changes import ChangeFeed
-from tragwerk.store.database import warm_pool
+from tragwerk.store.database import check_ready, warm_pool
 from tragwerk.store.queries.cases import CaseStore
 from tragwerk.store.queries.directory import DirectoryStore
 from tragwerk.store.queries.jobs import JobStore
@@ -55,6 +56,10 @@ class Services:
     server_state: ServerState | None = None
     # name -> background work started and stopped with the app (e.g. "worker")
     background: dict[str, Background] = field(default_factory=dict)
+    readiness: ReadinessProbe = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.readiness = ReadinessProbe(lambda: check_ready(self.engine))
 
     async def start(self) -> None:
         """Start what runs beside the requests: the change feed that keeps caches true."""

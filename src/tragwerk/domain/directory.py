@@ -65,3 +65,21 @@ class Principal:
 
     def can(self, permission: Permission) -> bool:
         return permission.value in self.permissions
+
+    def is_itself(self, user_id: int | None, service_client_id: int | None) -> bool:
+        """Whether the token owner (user or service client) named is this principal.
+
+        Both ids are compared: a service client has no user id, so comparing user ids
+        alone made every service client "itself" to every other one.
+        """
+        if self.user_id is not None:
+            return user_id == self.user_id and service_client_id is None
+        return (
+            self.service_client_id is not None
+            and service_client_id == self.service_client_id
+            and user_id is None
+        )
+
+    def may_manage_tokens_of(self, user_id: int | None, service_client_id: int | None) -> bool:
+        """A principal creates and revokes tokens for itself; for others with tokens:write."""
+        return self.is_itself(user_id, service_client_id) or self.can(Permission.TOKENS_WRITE)

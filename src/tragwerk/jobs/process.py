@@ -1,9 +1,11 @@
 """`tragwerk worker`: one worker process with its health and metrics endpoints.
 
 Serves /health/live, /health/ready (database and queue connection) and /metrics on
-TRAGWERK_WORKER_PORT (0: none). SIGTERM or Ctrl-C stops it gracefully (see
-Worker.stop). Exit status 0 after a requested stop, 1 when the queue connection
-failed, so that a supervisor restarts it.
+TRAGWERK_WORKER_PORT: when that port is taken (several workers on one host) on the
+next free one above it, with 0 on one the system picks, with `off` on none; the log
+says where. SIGTERM or Ctrl-C stops it gracefully (see Worker.stop). Exit status 0
+after a requested stop, 1 when the queue connection failed, so that a supervisor
+restarts it (docs/commands.md lists every status).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 
 import orjson
 import structlog
@@ -53,6 +56,33 @@ def health_app(worker: Worker) -> Starlette:
     )
 
 
+PORTS_TRIED = 50  # a busy port: this many above it are tried before giving up
+
+
+def bind_health_port(host: str, port: int) -> socket.socket:
+    """A listening socket on `port`, or on the next free port above it; 0: any port.
+
+    Several workers on one host all read the same TRAGWERK_WORKER_PORT; the second
+    one found it taken and exited (status 3). Now each takes the next free port.
+    """
+    last: OSError | None = None
+    for candidate in [0] if port == 0 else range(port, min(port + PORTS_TRIED, 65536)):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, candidate))
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        sock.listen(128)
+        if port not in (candidate, 0):
+            log.warning("worker port taken, using the next free one", wanted=port, port=candidate)
+        return sock
+    raise OSError(f"no free port from {port} to {port + PORTS_TRIED - 1}: {last}")
+
+
 async def serve_worker(settings: Settings, database_url: str, concurrency: int) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -68,18 +98,19 @@ async def serve_worker(settings: Settings, database_url: str, concurrency: int) 
     failed = False
     try:
         await worker.start()
-        if settings.worker_port:
+        if settings.worker_port is not None:
+            sock = bind_health_port(settings.host, settings.worker_port)
+            host, port = sock.getsockname()[:2]
+            log.info("worker health and metrics", url=f"http://{host}:{port}/metrics")
             server = uvicorn.Server(
                 uvicorn.Config(
                     health_app(worker),
-                    host=settings.host,
-                    port=settings.worker_port,
                     log_config=None,
                     access_log=False,
                     server_header=False,
                 )
             )
-            server_task = asyncio.create_task(server.serve())
+            server_task = asyncio.create_task(server.serve(sockets=[sock]))
         waiters = {asyncio.create_task(stop.wait()), asyncio.create_task(worker.wait())}
         done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:

@@ -9,6 +9,8 @@ from functools import cached_property
 
 from limits import RateLimitItem, parse
 
+from tragwerk.domain.rates import rate_problem
+
 
 class Tier(StrEnum):
     ANONYMOUS = "anonymous"  # no valid token: keyed by client IP
@@ -64,7 +66,11 @@ DEFAULT_AUTH_FAILURES = "30/minute"
 
 
 def parse_limit(text: str) -> RateLimitItem:
-    """'1200/minute', '20/second', '100 per 10 minutes' (the limits library's notation)."""
+    """'1200/minute', '20/second', '100 per 10 minutes': one positive rate
+    (tragwerk.domain.rates), read by the limits library."""
+    problem = rate_problem(text)
+    if problem is not None:
+        raise ValueError(problem)
     try:
         return parse(text)
     except ValueError:

@@ -168,6 +168,9 @@ rate_limit_tiers = Table(
     Column("fail_mode", Text, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("updated_by", BigInteger, ForeignKey("users.id"), nullable=True),
+    Column(
+        "updated_by_service_client", BigInteger, ForeignKey("service_clients.id"), nullable=True
+    ),
 )
 
 rate_limit_audit = Table(
@@ -181,4 +184,7 @@ rate_limit_audit = Table(
     Column("new_fail_mode", Text, nullable=True),
     Column("changed_by", BigInteger, ForeignKey("users.id"), nullable=True),
     Column("changed_at", DateTime(timezone=True), nullable=False),
+    Column(
+        "changed_by_service_client", BigInteger, ForeignKey("service_clients.id"), nullable=True
+    ),
 )

@@ -38,6 +38,7 @@ async def _effective(svc: Services) -> list[dict[str, Any]]:
                 "source": "override" if row else "setting",
                 "updated_at": row["updated_at"] if row else None,
                 "updated_by": row["updated_by"] if row else None,
+                "updated_by_service_client": row["updated_by_service_client"] if row else None,
             }
         )
     return result
@@ -56,7 +57,7 @@ async def set_limit(tier: TierName, body: schemas.LimitChange, svc: Svc, who: Ad
         raise InvalidInput(str(exc)) from None
     current = {row["tier"]: row for row in await _effective(svc)}[tier]
     assert svc.limits is not None  # _effective refused otherwise
-    await svc.limits.store.set(tier, body.rate, body.fail_mode or current["fail_mode"], who.user_id)
+    await svc.limits.store.set(tier, body.rate, body.fail_mode or current["fail_mode"], _actor(who))
     # In force here at once; other instances follow the database's notification.
     await svc.limits.reload()
     return JSON({row["tier"]: row for row in await _effective(svc)}[tier])
@@ -66,7 +67,7 @@ async def set_limit(tier: TierName, body: schemas.LimitChange, svc: Svc, who: Ad
 async def reset_limit(tier: TierName, svc: Svc, who: Admin) -> Response:
     await _effective(svc)
     assert svc.limits is not None
-    if not await svc.limits.store.remove(tier, who.user_id):
+    if not await svc.limits.store.remove(tier, _actor(who)):
         raise NotFound(f"the {tier} tier has no override")
     await svc.limits.reload()
     return JSON({row["tier"]: row for row in await _effective(svc)}[tier])
@@ -79,3 +80,7 @@ async def limit_audit(
     if svc.limits is None:
         raise Conflict("rate limiting is off in this process (TRAGWERK_RATE_LIMIT=off)")
     return JSON(await svc.limits.store.audit(limit))
+
+
+def _actor(who: Principal) -> tuple[int | None, int | None]:
+    return who.user_id, who.service_client_id

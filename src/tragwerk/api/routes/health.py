@@ -9,7 +9,6 @@ from starlette.responses import Response
 from tragwerk.api.auth import Svc
 from tragwerk.api.responses import JSON
 from tragwerk.monitoring.metrics import CONTENT_TYPE
-from tragwerk.store.database import check_ready
 
 router = APIRouter(tags=["health"])
 log = structlog.get_logger("tragwerk.health")
@@ -20,9 +19,12 @@ async def live() -> Response:
     return JSON({"status": "ok"})
 
 
-@router.get("/health/ready", summary="The process can serve: its database answers")
+@router.get(
+    "/health/ready",
+    summary="The process can serve: its database answered within the last second",
+)
 async def ready(svc: Svc) -> Response:
-    checks = {"database": await check_ready(svc.engine)}
+    checks = {"database": await svc.readiness.database()}
     healthy = checks["database"] == "ok"
     svc.metrics.module_up.labels("store").set(1 if healthy else 0)
     if not healthy:

@@ -84,8 +84,47 @@ async def create_service_client(
     return JSON(row, status_code=201)
 
 
-@router.get("/tokens", response_model=list[schemas.Token], summary="Your tokens")
-async def list_tokens(svc: Svc, who: Anyone) -> Response:
+@router.patch(
+    "/service-clients/{client_id}",
+    response_model=schemas.ServiceClient,
+    summary="Deactivate or reactivate a service client (its tokens stop working at once)",
+)
+async def update_service_client(
+    client_id: PathId, body: schemas.ServiceClientUpdate, svc: Svc, _who: TokenAdmin
+) -> Response:
+    if body.active is None:
+        raise InvalidInput("active cannot be null")
+    row = await svc.directory.set_service_client_active(client_id, body.active)
+    # Cached principals of its tokens are dropped here; other instances hear it from
+    # the database's change notification (caching.md).
+    svc.caches.changed("service_clients", [client_id])
+    return JSON(row)
+
+
+@router.get(
+    "/tokens",
+    response_model=list[schemas.Token],
+    summary="Your tokens; with tokens:write, anybody's (filter by owner, or all=true)",
+)
+async def list_tokens(
+    svc: Svc,
+    who: Anyone,
+    user_id: Annotated[int | None, Query(ge=1)] = None,
+    service_client_id: Annotated[int | None, Query(ge=1)] = None,
+    all_owners: Annotated[bool, Query(alias="all")] = False,
+) -> Response:
+    if user_id is not None and service_client_id is not None:
+        raise InvalidInput("filter by user_id or by service_client_id, not both")
+    if all_owners or user_id is not None or service_client_id is not None:
+        if not who.can(Permission.TOKENS_WRITE) and not (
+            not all_owners and who.is_itself(user_id, service_client_id)
+        ):
+            raise Forbidden("listing others' tokens needs the 'tokens:write' permission")
+        return JSON(
+            await svc.directory.tokens(
+                user_id=user_id, service_client_id=service_client_id, every_owner=all_owners
+            )
+        )
     return JSON(
         await svc.directory.tokens(user_id=who.user_id, service_client_id=who.service_client_id)
     )
@@ -103,7 +142,7 @@ async def create_token(body: schemas.TokenCreate, svc: Svc, who: Anyone) -> Resp
     user_id, client_id = body.user_id, body.service_client_id
     if user_id is None and client_id is None:
         user_id, client_id = who.user_id, who.service_client_id
-    elif user_id != who.user_id and not who.can(Permission.TOKENS_WRITE):
+    elif not who.may_manage_tokens_of(user_id, client_id):
         raise Forbidden("creating tokens for others needs the 'tokens:write' permission")
     if body.expires_at is not None and body.expires_at.tzinfo is None:
         raise InvalidInput("expires_at needs a time zone, e.g. 2027-01-01T00:00:00Z")
@@ -116,10 +155,7 @@ async def create_token(body: schemas.TokenCreate, svc: Svc, who: Anyone) -> Resp
 @router.delete("/tokens/{token_id}", response_model=schemas.Token, summary="Revoke a token")
 async def revoke_token(token_id: PathId, svc: Svc, who: Anyone) -> Response:
     row = await svc.directory.token(token_id)
-    own = (who.user_id is not None and row["user_id"] == who.user_id) or (
-        who.service_client_id is not None and row["service_client_id"] == who.service_client_id
-    )
-    if not own and not who.can(Permission.TOKENS_WRITE):
+    if not who.may_manage_tokens_of(row["user_id"], row["service_client_id"]):
         raise NotFound(f"token {token_id} does not exist")
     row = await svc.directory.revoke_token(token_id)
     svc.caches.changed("api_tokens", [token_id])

@@ -359,6 +359,24 @@ class DirectoryStore:
             raise Conflict(f"a service client named {name!r} exists already") from None
         return dict(row)
 
+    async def set_service_client_active(self, client_id: int, active: bool) -> Row:
+        async with self._engine.begin() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        service_clients.update()
+                        .where(service_clients.c.id == client_id)
+                        .values(active=active)
+                        .returning(*service_clients.c)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise NotFound(f"service client {client_id} does not exist")
+        return dict(row)
+
     async def create_token(
         self,
         *,
@@ -409,12 +427,22 @@ class DirectoryStore:
         async with self._engine.begin() as c:
             return token, await run(c)
 
-    async def tokens(self, *, user_id: int | None, service_client_id: int | None) -> list[Row]:
+    async def tokens(
+        self, *, user_id: int | None, service_client_id: int | None, every_owner: bool = False
+    ) -> list[Row]:
+        """The tokens of one owner (a user or a service client), or of every owner."""
         query = select(*TOKEN_COLUMNS).order_by(api_tokens.c.id)
-        if user_id is not None:
-            query = query.where(api_tokens.c.user_id == user_id)
-        if service_client_id is not None:
-            query = query.where(api_tokens.c.service_client_id == service_client_id)
+        if not every_owner:
+            # Both conditions, also when an id is None: a service client's listing must
+            # not include users' tokens, whose service_client_id is NULL too.
+            query = query.where(
+                api_tokens.c.user_id == user_id
+                if user_id is not None
+                else api_tokens.c.user_id.is_(None),
+                api_tokens.c.service_client_id == service_client_id
+                if service_client_id is not None
+                else api_tokens.c.service_client_id.is_(None),
+            )
         async with self._reader.connect() as conn:
             return _rows(await conn.execute(query))
 
