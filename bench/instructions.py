@@ -98,8 +98,13 @@ def measure(url: str, env: dict[str, str], tokens_file: Path, warm: int, seconds
     found = re.search(rf"=={serving}== Collected : ([\d,]+)", log.read_text())
     if found is None:
         raise SystemExit(f"no instruction count in {log}")
+    count = int(found.group(1).replace(",", ""))
+    if count == 0:
+        # Seen with granian: callgrind_control switched counting on in the forked worker
+        # process, and valgrind still reported nothing for it. Not a figure: say so.
+        raise SystemExit(f"valgrind counted no instructions in process {serving} ({log})")
     shutil.rmtree(workdir, ignore_errors=True)
-    return int(found.group(1).replace(",", "")) / requests
+    return count / requests
 
 
 def main() -> int:

@@ -35,6 +35,8 @@ def start(
             stdout=out,
             stderr=subprocess.STDOUT,
             text=True,
+            # Its own process group: whatever happens, the test can end it whole.
+            start_new_session=True,
         )
     finally:
         if output is not None:
@@ -77,16 +79,24 @@ def alive(pid: int) -> bool:
     return True
 
 
-def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 60) -> str:
+def kill_group(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL whatever is left of the process's group (workers it may have orphaned)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 90) -> str:
     """Send `sig`, wait for the exit and return the output (when it went to a pipe)."""
     if proc.poll() is None:
         proc.send_signal(sig)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
+        kill_group(proc)
+        out, _ = proc.communicate(timeout=10)
         raise AssertionError(f"tragwerk did not stop within {timeout} s:\n{out}") from None
+    finally:
+        kill_group(proc)
     return out or ""
 
 
@@ -100,14 +110,13 @@ def running(
         wait_ready(proc, port)
         yield proc
     finally:
-        kids = children(proc.pid) if proc.poll() is None else []
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
         try:
-            proc.communicate(timeout=60)
+            proc.communicate(timeout=90)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-        for kid in kids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(kid, signal.SIGKILL)
+            kill_group(proc)
+            proc.communicate(timeout=10)
+            raise AssertionError("tragwerk did not stop within 90 s of SIGTERM") from None
+        finally:
+            kill_group(proc)

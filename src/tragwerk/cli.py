@@ -66,6 +66,28 @@ def _parser() -> argparse.ArgumentParser:
     requeue.add_argument("--all", action="store_true", help="every held job")
     requeue.add_argument("--data-dir", type=Path, help="embedded database directory (./var)")
 
+    token = sub.add_parser("token", help="create or revoke API tokens from the command line")
+    token_sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    create = token_sub.add_parser(
+        "create", help="a token for a user (created if missing); printed once, or --output"
+    )
+    create.add_argument("--user", required=True, metavar="EMAIL", help="the token's owner")
+    create.add_argument(
+        "--role", default="admin", help="role of a user created now (default admin)"
+    )
+    create.add_argument("--name", default="created by tragwerk token create")
+    create.add_argument(
+        "--expires", metavar="DURATION", help="lifetime, e.g. 30d, 12h, 90m (default: none)"
+    )
+    create.add_argument(
+        "--output", type=Path, metavar="FILE", help="write the token to FILE (mode 0600)"
+    )
+    create.add_argument("--data-dir", type=Path, help="embedded database directory (./var)")
+    revoke = token_sub.add_parser("revoke", help="revoke tokens by id, or every token of a user")
+    revoke.add_argument("ids", nargs="*", type=int, help="token ids (GET /v1/tokens?all=true)")
+    revoke.add_argument("--user", metavar="EMAIL", help="every live token of this user")
+    revoke.add_argument("--data-dir", type=Path, help="embedded database directory (./var)")
+
     migrate = sub.add_parser("migrate", help="bring the database schema up to date")
     migrate.add_argument("--data-dir", type=Path, help="embedded database directory (./var)")
 
@@ -114,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911, PLR0912 - 
             return 2
         ids = None if args.all else args.ids
         return _with_database(settings, lambda url: _jobs_requeue(url, ids))
+    if command == "token":
+        return _token_command(settings, args)
     if command == "migrate":
         return _with_database(settings, _migrate)
     if command == "seed":
@@ -373,6 +397,25 @@ def _worker(settings: Settings, concurrency: int) -> int:
     from tragwerk.jobs.process import serve_worker
 
     return asyncio.run(serve_worker(settings, settings.database_url, concurrency))
+
+
+def _token_command(settings: Settings, args: argparse.Namespace) -> int:
+    from tragwerk.cli_tokens import create_token, parse_duration, revoke_tokens
+
+    if args.token_command == "create":  # noqa: S105 - a subcommand's name, not a secret
+        try:
+            lifetime = parse_duration(args.expires) if args.expires else None
+        except ValueError as exc:
+            print(f"tragwerk: --expires: {exc}", file=sys.stderr)
+            return 2
+        return _with_database(
+            settings,
+            lambda url: create_token(url, args.user, args.role, args.name, lifetime, args.output),
+        )
+    if bool(args.ids) == bool(args.user):
+        print("tragwerk: give token ids or --user", file=sys.stderr)
+        return 2
+    return _with_database(settings, lambda url: revoke_tokens(url, args.ids, args.user))
 
 
 def _on_jobs(url: str, action: Callable[[JobStore], Awaitable[T]]) -> T:

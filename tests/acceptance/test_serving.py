@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from tests.conftest import SERVICE_PG_ADMIN_URL, create_database, drop_database
-from tests.processes import alive, children, running, start, wait_ready
+from tests.processes import alive, children, kill_group, running, start, wait_ready
 from tests.services import (
     SERVICE_PG_HOST,
     SERVICE_PG_PORT,
@@ -275,7 +275,10 @@ def test_sigterm_under_load_answers_every_request_in_flight(database: tuple[str,
             sock.sendall(body[200:])
             answers.append(_read_response(sock))
             sock.close()
-        out, _ = proc.communicate(timeout=60)
+        try:
+            out, _ = proc.communicate(timeout=90)
+        finally:
+            kill_group(proc)
     assert proc.returncode == 0, out
     assert all(a.startswith(b"HTTP/1.1 401 ") for a in answers), answers
     assert load.outcomes["200"] > 100, load.outcomes

@@ -238,3 +238,57 @@ def test_sigterm_during_start_up_stops_everything(tmp_path: Path, delay: float) 
         assert proc.returncode == 0, out
     assert not _postgres_running(tmp_path / "data" / "pgdata"), out
     assert _processes_of(port) == [], out
+
+
+def test_token_create_and_revoke_on_an_existing_database(tmp_path: Path) -> None:
+    """A first admin token for a database served by `tragwerk api`, without `up`."""
+    require_service("PostgreSQL", SERVICE_PG_HOST, SERVICE_PG_PORT)
+    import asyncio
+
+    from tests.conftest import SERVICE_PG_ADMIN_URL, create_database, drop_database
+
+    url = asyncio.run(create_database(SERVICE_PG_ADMIN_URL, prefix="tragwerk_token"))
+    env = {"TRAGWERK_DATABASE_URL": url}
+    port = free_port()
+
+    def run(*args: str) -> tuple[int, str]:
+        proc = _start(tmp_path, *args, env=env)
+        out, _ = proc.communicate(timeout=60)
+        return proc.returncode, out
+
+    try:
+        assert run("migrate")[0] == 0
+        code, out = run("token", "create", "--user", "ops@example.test", "--output", "ops.token")
+        assert code == 0, out
+        token_file = tmp_path / "ops.token"
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        token = token_file.read_text().strip()
+        assert token not in out  # written to the file, not printed
+        code, out = run("token", "create", "--user", "ops@example.test", "--expires", "2h")
+        assert code == 0, out
+        second = out.strip().splitlines()[0]
+        assert second.startswith("tw_"), out
+        assert run("token", "create", "--user", "x@example.test", "--role", "nope")[0] == 2
+        assert run("token", "create", "--user", "x@example.test", "--expires", "soon")[0] == 2
+        proc = _start(tmp_path, "api", "--port", str(port), env=env)
+        try:
+            _wait_ready(proc, port)
+            base = f"http://127.0.0.1:{port}"
+            for secret in (token, second):
+                r = httpx.get(f"{base}/v1/users/me", headers={"Authorization": f"Bearer {secret}"})
+                assert r.status_code == 200, r.text
+                assert r.json()["email"] == "ops@example.test"
+            code, out = run("token", "revoke", "--user", "ops@example.test")
+            assert code == 0, out
+            assert "revoked 2 token(s)" in out
+            deadline = time.monotonic() + 5  # the API hears it from the database
+            while (
+                httpx.get(f"{base}/v1/users/me", headers={"Authorization": f"Bearer {token}"})
+            ).status_code != 401:
+                assert time.monotonic() < deadline, "the revoked token still works"
+                time.sleep(0.1)
+            assert run("token", "revoke", "999999")[0] == 1
+        finally:
+            _interrupt(proc, signal.SIGTERM)
+    finally:
+        asyncio.run(drop_database(SERVICE_PG_ADMIN_URL, url))

@@ -528,3 +528,54 @@ async def test_the_breaker_stops_calling_a_failing_host(fresh_url: str) -> None:
                     "AND execute_after > now() + interval '50 seconds'"
                 )
                 assert deferred[0][0] == 3
+
+
+HOSTILE_TITLES = [
+    # Encoded words that decode to CR LF: injected Reply-To and Bcc before the fix.
+    "=?utf-8?q?Printer=0D=0AReply-To:_evil@example.test=0D=0ABcc:_evil@example.test?=",
+    # Raw line breaks of every kind: the message build raised, and the job was held.
+    "Printer\r\nBcc: evil@example.test\x0bbroken\x85again\u2028end",
+]
+
+
+async def test_hostile_case_titles_are_mailed_with_a_safe_subject(fresh_url: str) -> None:
+    with SmtpSink() as smtp:
+        settings = job_settings(fresh_url, smtp)
+        async with setup(fresh_url, settings) as s:
+            location = await s.api.location()
+            agent = await s.api.user()
+            for title in HOSTILE_TITLES:
+                await s.api.case(location, title=title, assignee_ids=[agent["id"]])
+            async with worker(settings, fresh_url):
+                await eventually(lambda: len(smtp.messages) == len(HOSTILE_TITLES))
+                await asyncio.sleep(0.3)
+            assert await _held(s) == []
+        for message in smtp.messages:
+            assert set(message.keys()) >= {"From", "To", "Subject"}
+            assert "Bcc" not in message
+            assert "Reply-To" not in message
+            assert str(message["To"]) == agent["email"]
+            subject = str(message["Subject"])
+            assert not any(c in subject for c in "\r\n\x0b\x85\u2028")
+            assert "Printer" in subject
+
+
+async def test_an_email_that_can_never_be_sent_is_held_at_once(fresh_url: str) -> None:
+    with SmtpSink() as smtp:
+        settings = job_settings(fresh_url, smtp)
+        async with setup(fresh_url, settings) as s:
+            agent = await s.api.user()
+            # A bad address slipped in by another path (bulk SQL); the API refuses it.
+            async with s.api.services.engine.begin() as conn:
+                await conn.execute(
+                    text("UPDATE users SET email = 'no address' WHERE id = :id"),
+                    {"id": agent["id"]},
+                )
+            s.api.services.caches.changed("users", [agent["id"]])
+            await s.api.case(await s.api.location(), assignee_ids=[agent["id"]])
+            async with worker(settings, fresh_url):
+                held = await eventually(lambda: _held(s), within=20)
+            assert held[0]["kind"] == "email"
+            assert held[0]["attempts"] == 0  # not retried: no attempt could succeed
+            assert "not a valid email address" in held[0]["last_error"]
+        assert smtp.messages == []

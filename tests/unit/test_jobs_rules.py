@@ -177,3 +177,16 @@ def test_ssrf_guard_classifies_addresses(address: str, refused: bool) -> None:
 
 def test_subscription_event_names_are_the_domain_events() -> None:
     assert set(typing.get_args(EventName)) == {"*"} | {t.value for t in EventType}
+
+
+def test_a_probe_without_a_verdict_gives_its_slot_back() -> None:
+    clock = Clock()
+    breakers = CircuitBreakers(threshold=1, open_seconds=5, clock=clock)
+    breakers.before_call("h")
+    breakers.failed("h")
+    clock.now = 6
+    breakers.before_call("h")  # the probe: answered 429, refused by the guard, cancelled
+    breakers.release("h")
+    breakers.before_call("h")  # the next call may probe; before, it was refused for good
+    breakers.release("h")
+    breakers.release("unknown host")  # nothing to give back: no error

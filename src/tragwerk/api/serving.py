@@ -149,13 +149,20 @@ def _drain_on_sigterm(state: ServerState, drain_seconds: float, grace: float) ->
     """
     draining = threading.Event()
     main = os.getpid()
+    main_thread = threading.main_thread().ident or 0
 
     def stop_when_started() -> None:
         time.sleep(drain_seconds)
         deadline = time.monotonic() + grace
         while state.still_starting() and time.monotonic() < deadline:
             time.sleep(0.05)
-        os.kill(main, signal.SIGINT)
+        stop_now()
+
+    def stop_now() -> None:
+        # To the main thread itself: a signal sent to the process from this thread may be
+        # taken by this thread, and granian's main thread, blocked on a lock, would then
+        # never run its handler (seen: a stop that never came).
+        signal.pthread_kill(main_thread, signal.SIGINT)
 
     def on_sigterm(signum: int, _frame: object) -> None:
         if os.getpid() != main:
@@ -165,7 +172,7 @@ def _drain_on_sigterm(state: ServerState, drain_seconds: float, grace: float) ->
             os.kill(os.getpid(), signum)
             return
         if draining.is_set():
-            os.kill(main, signal.SIGINT)
+            stop_now()
             return
         draining.set()
         state.drain()

@@ -154,7 +154,19 @@ class JobRunner:
             outcome = "released"  # stop() puts it back in the queue
             raise
         except Exception as exc:  # noqa: BLE001 - every failure is decided on below
-            outcome = await self._failed(job, exc)
+            # Not "succeeded" if recording the failure fails too (the database is down):
+            # the job stays picked and runs again after the heartbeat timeout.
+            outcome = "unrecorded"
+            try:
+                outcome = await self._failed(job, exc)
+            except Exception as record_error:  # noqa: BLE001 - logged; heartbeat recovery
+                log.error(
+                    "could not record a failed job; it runs again after the heartbeat timeout",
+                    kind=kind,
+                    job_id=job.id,
+                    error=repr(exc),
+                    record_error=repr(record_error),
+                )
         else:
             self._record((job, "successful", None))
         finally:

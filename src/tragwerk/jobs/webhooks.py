@@ -63,44 +63,51 @@ class Deliverer:
             self._breakers.before_call(host)
         except BreakerOpen as exc:
             raise Retryable(str(exc), after=exc.retry_in) from exc
-        body = job["body"].encode()
-        timestamp = int(time.time())
-        headers: dict[bytes | str, bytes | str] = {
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-            "X-Tragwerk-Event-Id": job["event_id"],
-            "X-Tragwerk-Event-Type": job["event_type"],
-            "X-Tragwerk-Delivery": f"{job['event_id']}:{job['subscription_id']}",
-            "X-Tragwerk-Timestamp": str(timestamp),
-            "X-Tragwerk-Signature": sign(secret, timestamp, body),
-        }
-        try:
-            async with self._pool.stream(
-                "POST", url, headers=headers, content=body, extensions={"timeout": self._timeouts}
-            ) as response:
-                read = 0
-                async for chunk in response.aiter_stream():
-                    read += len(chunk)
-                    if read >= RESPONSE_LIMIT:
-                        break
-                status = response.status
-                retry_after = _header(response.headers, b"retry-after")
-        except AddressRefused as exc:
-            raise Permanent(str(exc)) from exc
-        except CALL_ERRORS as exc:
-            self._breakers.failed(host)
-            raise Retryable(f"{type(exc).__name__}: {exc or 'no detail'}") from exc
-        if 200 <= status < 300:
-            self._breakers.succeeded(host)
-            return status
-        if status_is_retryable(status):
-            if status >= 500:
+        try:  # whatever happens, a probe slot taken by before_call is given back
+            body = job["body"].encode()
+            timestamp = int(time.time())
+            headers: dict[bytes | str, bytes | str] = {
+                "Content-Type": "application/json",
+                "User-Agent": USER_AGENT,
+                "X-Tragwerk-Event-Id": job["event_id"],
+                "X-Tragwerk-Event-Type": job["event_type"],
+                "X-Tragwerk-Delivery": f"{job['event_id']}:{job['subscription_id']}",
+                "X-Tragwerk-Timestamp": str(timestamp),
+                "X-Tragwerk-Signature": sign(secret, timestamp, body),
+            }
+            try:
+                async with self._pool.stream(
+                    "POST",
+                    url,
+                    headers=headers,
+                    content=body,
+                    extensions={"timeout": self._timeouts},
+                ) as response:
+                    read = 0
+                    async for chunk in response.aiter_stream():
+                        read += len(chunk)
+                        if read >= RESPONSE_LIMIT:
+                            break
+                    status = response.status
+                    retry_after = _header(response.headers, b"retry-after")
+            except AddressRefused as exc:
+                raise Permanent(str(exc)) from exc
+            except CALL_ERRORS as exc:
                 self._breakers.failed(host)
-            after = retry_after_seconds(retry_after, datetime.now(UTC), self._retry_ceiling)
-            raise Retryable(f"receiver answered {status}", after=after)
-        # The receiver is up and answered; the request itself is refused.
-        self._breakers.succeeded(host)
-        raise Permanent(f"receiver answered {status}; not retried")
+                raise Retryable(f"{type(exc).__name__}: {exc or 'no detail'}") from exc
+            if 200 <= status < 300:
+                self._breakers.succeeded(host)
+                return status
+            if status_is_retryable(status):
+                if status >= 500:
+                    self._breakers.failed(host)
+                after = retry_after_seconds(retry_after, datetime.now(UTC), self._retry_ceiling)
+                raise Retryable(f"receiver answered {status}", after=after)
+            # The receiver is up and answered; the request itself is refused.
+            self._breakers.succeeded(host)
+            raise Permanent(f"receiver answered {status}; not retried")
+        finally:
+            self._breakers.release(host)
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:

@@ -68,6 +68,15 @@ class CircuitBreakers:
     def succeeded(self, host: str) -> None:
         self._hosts.pop(host, None)
 
+    def release(self, host: str) -> None:
+        """The call let through by before_call ended without a verdict on the host (a
+        429, a refusal by the SSRF guard, a cancellation, any other error): give the
+        probe slot back, or the host would stay refused for the process's life.
+        Called after every call; after succeeded() or failed() it changes nothing."""
+        entry = self._hosts.get(host)
+        if entry is not None:
+            entry.probing = False
+
     def failed(self, host: str) -> None:
         entry = self._hosts.setdefault(host, _Host())
         entry.failures += 1
