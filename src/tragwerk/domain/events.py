@@ -54,7 +54,7 @@ def job_priority(
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Capped exponential backoff with full jitter, and how many attempts in all."""
+    """Capped exponential backoff with "equal" jitter, and how many attempts in all."""
 
     max_attempts: int = 8
     base_seconds: float = 2.0
@@ -63,8 +63,10 @@ class RetryPolicy:
     def delay(self, attempt: int, rng: random.Random | None = None) -> timedelta:
         """The wait before attempt `attempt + 1`, where `attempt` counts from 0.
 
-        Full jitter (a uniform draw up to the capped exponential) spreads the retries
-        of many jobs that failed together, so a recovering receiver is not hit at once.
+        Equal jitter (a uniform draw between half the capped exponential and all of
+        it) spreads the retries of many jobs that failed together, so a recovering
+        receiver is not hit at once, while every retry still waits at least half its
+        step (full jitter, from zero, could retry a failed call at once).
         """
         ceiling = min(self.cap_seconds, self.base_seconds * (2**attempt))
         draw = (rng or random).uniform(ceiling / 2, ceiling)
