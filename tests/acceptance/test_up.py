@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.processes import wait_ready
 from tests.services import SERVICE_PG_HOST, SERVICE_PG_PORT, free_port, require_service
 
 STARTUP_SECONDS = 60
@@ -31,20 +32,7 @@ def _start(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subproce
     )
 
 
-def _wait_ready(proc: subprocess.Popen[str], port: int) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out = proc.stdout.read() if proc.stdout else ""
-            raise AssertionError(f"tragwerk exited with {proc.returncode}:\n{out}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("tragwerk up did not become ready in time")
+_wait_ready = wait_ready  # one readiness wait for every acceptance test
 
 
 def _interrupt(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> str:
