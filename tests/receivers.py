@@ -76,6 +76,7 @@ class WebhookReceiver:
     answer: Callable[[int], Answer] = lambda _n: (200, {}, 0.0)
     received: list[Received] = field(default_factory=list)
     in_flight: int = 0
+    port: int = 0  # 0: any free port; a fixed one lets a test bring a receiver "back up"
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -108,7 +109,7 @@ class WebhookReceiver:
                     with receiver._lock:
                         receiver.in_flight -= 1
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

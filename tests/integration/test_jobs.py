@@ -20,6 +20,7 @@ from sqlalchemy import text
 
 from tests.conftest import ADMIN_URL_OF, GENEROUS, Api, make_api, migrated_database
 from tests.receivers import SmtpSink, WebhookReceiver, eventually
+from tests.services import free_port
 from tragwerk.jobs.mail import message_id
 from tragwerk.jobs.worker import Worker
 from tragwerk.monitoring.metrics import Metrics
@@ -90,6 +91,7 @@ async def worker(settings: Settings, url: str, **kw: Any) -> AsyncIterator[Worke
 
 
 async def queued(s: Setup, kind: str) -> int:
+    """Jobs of `kind` still in the queue table (waiting, running or held)."""
     rows = await s.sql("SELECT count(*) FROM pgqueuer WHERE entrypoint = :k", k=kind)
     return int(rows[0][0])
 
@@ -520,7 +522,7 @@ async def test_the_breaker_stops_calling_a_failing_host(fresh_url: str) -> None:
             async with worker(settings, fresh_url) as w:
                 # Two failures open the circuit; the third delivery and the retries are
                 # not sent but deferred until the circuit lets a probe through.
-                await eventually(lambda: w.metrics.jobs.count("webhook", "retried") >= 5)
+                await eventually(lambda: w.metrics.jobs.count("webhook", "deferred") >= 3)
                 assert len(receiver.received) == 2
                 assert w.breakers.open_hosts() == 1
                 deferred = await s.sql(
@@ -528,6 +530,43 @@ async def test_the_breaker_stops_calling_a_failing_host(fresh_url: str) -> None:
                     "AND execute_after > now() + interval '50 seconds'"
                 )
                 assert deferred[0][0] == 3
+                # A refusal is not an attempt: two jobs failed once, the third never ran.
+                attempts = await s.sql(
+                    "SELECT attempts FROM pgqueuer WHERE entrypoint = 'webhook' ORDER BY 1"
+                )
+                assert [a for (a,) in attempts] == [0, 1, 1]
+
+
+async def test_an_outage_behind_an_open_breaker_holds_no_delivery(fresh_url: str) -> None:
+    """20 deliveries, the receiver down for 30 s, then slow, then back: all arrive, none
+    is held. Before, each refusal by the open breaker (every 2 s) counted as an attempt,
+    so the jobs ran out of their 12 attempts during the outage and were held."""
+    port = free_port()
+    settings = job_settings(
+        fresh_url,
+        None,
+        breaker_open_seconds=2.0,
+        job_retry_base_seconds=1.0,
+        job_retry_cap_seconds=8.0,
+        job_max_attempts=12,
+        webhook_read_timeout_seconds=5.0,
+    )
+    async with setup(fresh_url, settings) as s:
+        await s.subscribe(f"http://127.0.0.1:{port}/hook", ["case.created"])
+        location = await s.api.location()
+        for _ in range(20):
+            await s.api.case(location)
+        async with worker(settings, fresh_url) as w:
+            await asyncio.sleep(30)  # nothing listens on the port: connections refused
+            assert await _held(s) == []
+            assert w.metrics.jobs.count("webhook", "deferred") > 0
+            # Back, slow at first (1 s per answer for the first five), then quick.
+            slow_then_quick = lambda n: (200, {}, 1.0 if n < 5 else 0.0)  # noqa: E731
+            with WebhookReceiver(slow_then_quick, port=port) as receiver:
+                await eventually(lambda: len(set(receiver.event_ids())) == 20, within=60)
+            assert await _held(s) == []
+            left = await s.sql("SELECT count(*) FROM pgqueuer WHERE entrypoint = 'webhook'")
+            assert left[0][0] == 0
 
 
 HOSTILE_TITLES = [

@@ -20,6 +20,7 @@ from tragwerk.domain.events import (
     retry_after_seconds,
     status_is_retryable,
 )
+from tragwerk.jobs.outcome import Deferred, Retryable, decide
 from tragwerk.jobs.webhooks import sign
 from tragwerk.resilience.breaker import BreakerOpen, BreakerState, CircuitBreakers
 from tragwerk.resilience.ssrf import refused_reason
@@ -190,3 +191,16 @@ def test_a_probe_without_a_verdict_gives_its_slot_back() -> None:
     breakers.before_call("h")  # the next call may probe; before, it was refused for good
     breakers.release("h")
     breakers.release("unknown host")  # nothing to give back: no error
+
+
+def test_a_breaker_refusal_is_deferred_with_jitter_and_not_counted() -> None:
+    policy = RetryPolicy(max_attempts=3)
+    # Even on what would be the last attempt, a refusal neither holds nor counts.
+    decisions = [decide(Deferred("circuit open", after=2.0), 2, policy) for _ in range(200)]
+    assert all(not d.counted for d in decisions)
+    waits = [d.retry_in.total_seconds() for d in decisions if d.retry_in is not None]
+    assert len(waits) == 200
+    assert all(2.0 <= w <= 3.0 for w in waits)
+    assert max(waits) - min(waits) > 0.5  # spread out, not one stampede at the probe
+    # A real failure on the last attempt is held, as before.
+    assert decide(Retryable("503"), 2, policy).retry_in is None

@@ -7,10 +7,15 @@ retryable: a database blip should not hold a job. Retries wait per the RetryPoli
 (capped exponential backoff with jitter) or the receiver's Retry-After; after the
 last attempt the job is held: it stays in the queue table with status 'failed',
 listed by `GET /v1/admin/jobs?state=held` and `tragwerk jobs held`.
+
+A handler that did not make its call at all (the destination's circuit breaker is
+open) raises `Deferred`: the job waits and runs again, and the attempt is not
+counted, so an outage does not use up the retry schedule of every job queued for it.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -29,15 +34,33 @@ class Permanent(Exception):
     """Another attempt would fail the same way; hold the job now."""
 
 
+class Deferred(Exception):
+    """The call was not made (refused before any request); run the job again after
+    `after` seconds without counting an attempt."""
+
+    def __init__(self, message: str, after: float) -> None:
+        super().__init__(message)
+        self.after = after
+
+
+def deferral(after: float, rng: random.Random | None = None) -> timedelta:
+    """`after` plus up to half of it again (at least up to 0.5 s): jobs refused together
+    come back spread out, so they do not all hit the breaker's single probe at once."""
+    return timedelta(seconds=after + (rng or random).uniform(0, max(after, 1.0) / 2))
+
+
 @dataclass(frozen=True)
 class Decision:
     reason: str
     retry_in: timedelta | None  # None: hold the job
+    counted: bool = True  # False: the call was never made, the attempt is not counted
 
 
 def decide(exc: Exception, attempt: int, policy: RetryPolicy) -> Decision:
     """What to do after attempt `attempt` (from 0) failed with `exc`."""
     reason = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, Deferred):
+        return Decision(reason, deferral(exc.after), counted=False)
     if isinstance(exc, Permanent) or policy.gives_up_after(attempt):
         return Decision(reason, None)
     after = exc.after if isinstance(exc, Retryable) else None

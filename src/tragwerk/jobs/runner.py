@@ -46,6 +46,18 @@ Outcome = tuple[Job, JOB_STATUS, TracebackRecord | None]
 
 FLUSH_SECONDS = 0.02  # outcomes wait at most this long to be written in a batch
 
+# pgqueuer's retry statement (QueryQueueBuilder.build_retry_job_query) without its
+# `attempts = attempts + 1` and without a log row: a deferred job made no call, so it
+# has no error to record and its retry schedule is untouched. pgqueuer offers no
+# public call that re-queues without counting; the table layout is ours (frozen by
+# migration 0005).
+_DEFER = """
+    UPDATE pgqueuer
+    SET status = 'queued', execute_after = now() + $2::interval, updated = now(),
+        queue_manager_id = NULL
+    WHERE id = $1::bigint AND status = 'picked'
+"""
+
 
 @dataclass
 class RunnerConfig:
@@ -176,6 +188,17 @@ class JobRunner:
 
     async def _failed(self, job: Job, exc: Exception) -> str:
         decision = decide(exc, job.attempts, self.policy)
+        if not decision.counted and decision.retry_in is not None:
+            log.debug(
+                "job deferred",
+                kind=job.entrypoint,
+                job_id=job.id,
+                delay_seconds=round(decision.retry_in.total_seconds(), 2),
+                reason=decision.reason,
+            )
+            await self.queries.driver.execute(_DEFER, job.id, decision.retry_in)
+            self._wake_after(decision.retry_in)
+            return "deferred"
         record = TracebackRecord.from_exception(
             exc, job.id, {"entrypoint": job.entrypoint, "attempt": job.attempts}
         )
@@ -198,11 +221,12 @@ class JobRunner:
             error=decision.reason,
         )
         await self.queries.retry_job(job, decision.retry_in, record)
-        # Look again when it is due rather than at the next poll.
-        asyncio.get_running_loop().call_later(
-            decision.retry_in.total_seconds() + 0.01, self._wake.set
-        )
+        self._wake_after(decision.retry_in)
         return "retried"
+
+    def _wake_after(self, delay: timedelta) -> None:
+        """Look again when a re-queued job is due rather than at the next poll."""
+        asyncio.get_running_loop().call_later(delay.total_seconds() + 0.01, self._wake.set)
 
     # --- outcomes and heartbeats ------------------------------------------------------
 

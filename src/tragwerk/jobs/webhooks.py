@@ -8,7 +8,8 @@ Each POST carries
   HMAC-SHA256 of "<timestamp>.<body>" with the subscription's secret, so a receiver
   can check origin and freshness.
 Answers: 2xx done; 408, 425, 429 and 5xx retried (honouring Retry-After); any other
-status held at once. Response bodies are read up to RESPONSE_LIMIT bytes only.
+status held at once. While the host's circuit breaker refuses calls, deliveries are
+deferred, not failed. Response bodies are read up to RESPONSE_LIMIT bytes only.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tragwerk.domain.events import retry_after_seconds, status_is_retryable
-from tragwerk.jobs.outcome import Permanent, Retryable
+from tragwerk.jobs.outcome import Deferred, Permanent, Retryable
 from tragwerk.resilience.breaker import BreakerOpen, CircuitBreakers
 from tragwerk.resilience.ssrf import CALL_ERRORS, AddressGuard, AddressRefused, guarded_pool
 
@@ -61,8 +62,8 @@ class Deliverer:
         host = (urlsplit(url).hostname or "").lower()
         try:
             self._breakers.before_call(host)
-        except BreakerOpen as exc:
-            raise Retryable(str(exc), after=exc.retry_in) from exc
+        except BreakerOpen as exc:  # no call made: not an attempt (outcome.Deferred)
+            raise Deferred(str(exc), after=exc.retry_in) from exc
         try:  # whatever happens, a probe slot taken by before_call is given back
             body = job["body"].encode()
             timestamp = int(time.time())

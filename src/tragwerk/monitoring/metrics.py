@@ -299,7 +299,8 @@ class JobMetrics(Collector):
     def collect(self) -> Iterable[Metric]:
         yield counter_family(
             "tragwerk_jobs",
-            "Job attempts by kind and outcome (succeeded, retried, held, released)",
+            "Job runs by kind and outcome (succeeded, retried, held, deferred, released,"
+            " unrecorded)",
             ["kind", "outcome"],
             self._outcomes.items(),
         )
