@@ -426,6 +426,65 @@ async def test_the_sla_monitor_raises_each_alert_once_across_workers(fresh_url: 
         )
 
 
+async def test_an_sla_event_carries_the_deadline_its_alert_was_raised_for(
+    fresh_url: str,
+) -> None:
+    """A deadline change between the claim and the payload read must not reach the
+    event. A test-only trigger makes the claim sleep after it inserted the alert; the
+    change is made during that sleep. Before, it committed at once and the "at risk"
+    event showed tomorrow's deadline; now it waits for the scan to commit."""
+    settings = job_settings(fresh_url, None)
+    async with setup(fresh_url, settings) as s:
+        case = await s.api.case(await s.api.location())
+        async with s.api.services.engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE cases SET sla_due_at = now() + interval '20 minutes' WHERE id = :i"),
+                {"i": case["id"]},
+            )
+            await conn.execute(
+                text(
+                    "CREATE FUNCTION slow_alert() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN PERFORM pg_sleep(1.5); RETURN NULL; END $$"
+                )
+            )
+            await conn.execute(
+                text(
+                    "CREATE TRIGGER slow_alert AFTER INSERT ON sla_alerts "
+                    "FOR EACH ROW EXECUTE FUNCTION slow_alert()"
+                )
+            )
+        engine = create_engine(fresh_url, pool_size=2)
+        try:
+            scan = asyncio.create_task(
+                raise_alerts(engine, at_risk_within=timedelta(hours=1), lookback=timedelta(hours=1))
+            )
+            await eventually(
+                lambda: s.sql("SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep'")
+            )
+
+            async def postpone() -> None:
+                async with s.api.services.engine.begin() as conn:
+                    await conn.execute(
+                        text(
+                            "UPDATE cases SET sla_due_at = now() + interval '1 day' WHERE id = :i"
+                        ),
+                        {"i": case["id"]},
+                    )
+
+            change = asyncio.create_task(postpone())
+            assert (await scan)["at_risk"] == 1
+            await change
+        finally:
+            await engine.dispose()
+        rows = await s.sql(
+            "SELECT a.due_at, CAST(convert_from(j.payload, 'UTF8')::jsonb #>> '{case,sla_due_at}'"
+            " AS timestamptz) FROM sla_alerts a, pgqueuer j WHERE j.priority >= 900"
+        )
+        assert len(rows) == 1
+        alert_due, event_due = rows[0]
+        assert event_due == alert_due
+
+
 async def test_slow_receivers_never_hold_up_a_case_write(fresh_url: str) -> None:
     with SmtpSink(delay=2.0) as smtp, WebhookReceiver(lambda _n: (200, {}, 5.0)) as receiver:
         settings = job_settings(fresh_url, smtp)

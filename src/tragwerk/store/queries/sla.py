@@ -6,6 +6,14 @@ the events are queued in the same transaction. Two workers scanning at once: the
 second waits on the first's rows and then inserts nothing, so no alert is raised
 twice, and a rolled-back scan raises nothing.
 
+The claim locks the claimed case rows (FOR SHARE) until the transaction ends, so the
+case read for the event's payload is the very version the alert was raised for: a
+priority or deadline change in between waits for the scan to commit (and then gets
+its own alert at the next scan) instead of slipping its new deadline into the old
+alert's event. Rows a writer holds at that moment are skipped (SKIP LOCKED) and
+claimed at the next scan: the monitor never waits on a case write, and cannot
+deadlock with one.
+
 The scan uses cases_sla_open_idx (open cases by deadline) and looks back only
 `lookback` past the deadline, so cases that breached long ago (before the monitor
 ran, say) do not flood the receivers, and each scan stays a short index range.
@@ -37,6 +45,7 @@ _CLAIM = text(
               WHERE a.case_id = c.id AND a.threshold = :threshold AND a.due_at = c.sla_due_at)
         ORDER BY c.sla_due_at, c.id
         LIMIT :batch
+        FOR SHARE OF c SKIP LOCKED
     )
     INSERT INTO sla_alerts (case_id, threshold, due_at)
     SELECT id, :threshold, sla_due_at FROM crossing
