@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -56,11 +57,18 @@ def _parser() -> argparse.ArgumentParser:
         help="jobs claimed per statement (default TRAGWERK_WORKER_BATCH, or min(100, concurrency))",
     )
 
-    jobs = sub.add_parser("jobs", help="held jobs: list them, queue them again")
+    jobs = sub.add_parser(
+        "jobs", help="held jobs: list them, queue them again; jobs of dead workers"
+    )
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
     held = jobs_sub.add_parser("held", help="list held jobs with their last error")
     held.add_argument("--limit", type=int, default=100)
     held.add_argument("--data-dir", type=Path, help="embedded database directory (./var)")
+    orphaned = jobs_sub.add_parser(
+        "orphaned", help="list jobs claimed by a worker that stopped sending heartbeats"
+    )
+    orphaned.add_argument("--limit", type=int, default=100)
+    orphaned.add_argument("--data-dir", type=Path, help="embedded database directory (./var)")
     requeue = jobs_sub.add_parser("requeue", help="queue held jobs again (attempts reset)")
     requeue.add_argument("ids", nargs="*", type=int, help="job ids (see 'tragwerk jobs held')")
     requeue.add_argument("--all", action="store_true", help="every held job")
@@ -131,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911, PLR0912 - 
     if command == "jobs":
         if args.jobs_command == "held":
             return _with_database(settings, lambda url: _jobs_held(url, args.limit))
+        if args.jobs_command == "orphaned":
+            timeout = timedelta(seconds=settings.job_heartbeat_timeout_seconds)
+            return _with_database(settings, lambda url: _jobs_orphaned(url, timeout, args.limit))
         if bool(args.ids) == bool(args.all):
             print("tragwerk: give job ids or --all", file=sys.stderr)
             return 2
@@ -444,6 +455,21 @@ def _jobs_held(url: str, limit: int) -> int:
         print(
             f"{row['id']:>10}  {row['kind']!s:<11} {row['attempts']:>8}  {since:<19}  "
             f"{row['last_error'] or '-'}"
+        )
+    return 0
+
+
+def _jobs_orphaned(url: str, timeout: timedelta, limit: int) -> int:
+    rows = _on_jobs(url, lambda jobs: jobs.orphaned(timeout, 0, limit))
+    if not rows:
+        print("tragwerk: no orphaned jobs", file=sys.stderr)
+        return 0
+    print(f"{'id':>10}  {'kind':<11} {'attempts':>8}  {'silent for':>10}  worker")
+    for row in rows:
+        silent = f"{row['silent_seconds']:.0f} s"
+        print(
+            f"{row['id']:>10}  {row['kind']!s:<11} {row['attempts']:>8}  {silent:>10}  "
+            f"{row['worker']}"
         )
     return 0
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,10 @@ from tests.conftest import (
 )
 from tests.receivers import SmtpSink, WebhookReceiver, eventually
 from tests.services import SERVICE_PG_HOST, SERVICE_PG_PORT, free_port, require_service
+from tragwerk.monitoring.metrics import Metrics
 from tragwerk.settings import Settings
+from tragwerk.store.database import create_engine
+from tragwerk.store.queries.jobs import JobStore
 
 CHANGES = 2_000
 SECRET = "chaos-secret-0123456789"
@@ -77,7 +82,9 @@ def start_worker(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen
 
 
 async def api_on(url: str) -> tuple[Api, Any]:
-    return await make_api(url, Settings(database_url=url, **GENEROUS))
+    # The workers' heartbeat timeout (worker_env), which also decides what is orphaned.
+    settings = Settings(database_url=url, **GENEROUS, job_heartbeat_timeout_seconds=2.0)
+    return await make_api(url, settings)
 
 
 async def picked_or_queued(url: str) -> dict[str, int]:
@@ -317,3 +324,68 @@ async def test_several_workers_on_one_host_share_the_configured_port(
                 proc.send_signal(signal.SIGTERM)
         for proc in procs:
             assert await asyncio.to_thread(proc.wait, 30) == 0
+
+
+async def test_the_jobs_of_a_killed_worker_are_listed_as_orphaned(
+    database: str, tmp_path: Path
+) -> None:
+    """Before, a dead worker's claimed jobs showed nowhere until another worker took
+    them over; now the API, `tragwerk jobs orphaned` and a gauge show them, with the
+    dead worker's id."""
+    answers = {0: (200, {}, 20.0)}  # the first delivery hangs until its worker is killed
+    with WebhookReceiver(lambda n: answers.get(n, (200, {}, 0.0))) as receiver:
+        api, app = await api_on(database)
+        async with app.router.lifespan_context(app):
+            await api.subscribe(receiver.url(), SECRET, ["case.created"])
+            env = worker_env(database, None, TRAGWERK_LOG_LEVEL="info")
+            victim_log = tmp_path / "victim.log"
+            victim = start_worker(env, victim_log)
+            try:
+                await api.case(await api.location())
+                await eventually(lambda: receiver.in_flight == 1)
+            finally:
+                victim.kill()
+                await asyncio.to_thread(victim.wait, 30)
+            match = re.search(r"queue_manager_id\W+([0-9a-f-]{36})", victim_log.read_text())
+            assert match, victim_log.read_text()
+            dead_worker = match.group(1)
+
+            async def listed() -> list[dict[str, Any]]:
+                r = await api.get("/v1/admin/jobs?state=orphaned")
+                assert r.status_code == 200, r.text
+                return list(r.json())
+
+            orphans = await eventually(listed)  # after the 2 s heartbeat timeout
+            assert [(o["kind"], o["worker"]) for o in orphans] == [("webhook", dead_worker)]
+            assert orphans[0]["silent_seconds"] >= 2
+
+            cli = await jobs_cli(env, "orphaned")
+            assert cli.returncode == 0, cli.stderr
+            lines = cli.stdout.strip().splitlines()
+            assert len(lines) == 2
+            assert "webhook" in lines[1]
+            assert dead_worker in lines[1]
+
+            metrics = Metrics()
+            engine = create_engine(database, pool_size=1)
+            try:
+                stats = await JobStore(engine).stats(timedelta(seconds=2))
+            finally:
+                await engine.dispose()
+            metrics.jobs.refresh_queue(stats)
+            assert 'tragwerk_jobs_orphaned{kind="webhook"} 1.0' in metrics.render().decode()
+
+            successor = start_worker(env, tmp_path / "successor.log")
+            try:
+                await eventually(lambda: len(receiver.received) == 2)
+                await eventually(lambda: _queue_empty(database))
+            finally:
+                successor.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(successor.wait, 30)
+            assert await listed() == []
+            none = await jobs_cli(env, "orphaned")
+            assert none.returncode == 0
+            assert "no orphaned jobs" in none.stderr
+        await api.client.aclose()
+    ids = receiver.event_ids()
+    assert ids[0] == ids[1]

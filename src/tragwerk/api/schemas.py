@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Literal
+from uuid import UUID
 
 from pydantic import (
     AnyHttpUrl,
@@ -369,6 +370,17 @@ class HeldJob(BaseModel):
     dedupe_key: str | None
     payload: str | None
     last_error: str | None
+
+
+class OrphanedJob(BaseModel):
+    id: int
+    kind: str = Field(description="case_event, email, webhook, ...")
+    priority: int
+    attempts: int
+    created: datetime
+    worker: UUID = Field(description="the dead worker's id (its `worker started` log line)")
+    last_heartbeat: datetime
+    silent_seconds: float = Field(description="seconds since the worker's last heartbeat")
 
 
 class RequeueJobs(Body):

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import socket
 from datetime import timedelta
 
 import asyncpg
@@ -74,6 +76,10 @@ class Worker:
         self.failed = False
 
     @property
+    def heartbeat_timeout(self) -> timedelta:
+        return timedelta(seconds=self.settings.job_heartbeat_timeout_seconds)
+
+    @property
     def batch_size(self) -> int:
         # Larger claims cost less database time per job (docs/performance.md) but hold
         # more jobs per worker; 100 keeps a crashed worker's share small.
@@ -119,6 +125,14 @@ class Worker:
             ),
             policy,
             self.metrics.jobs,
+        )
+        # Logged before the first claim: the id is how an orphaned job names its worker
+        # (GET /v1/admin/jobs?state=orphaned), even if this process dies at once.
+        log.info(
+            "worker starting",
+            queue_manager_id=str(self._runner.queue_manager_id),
+            pid=os.getpid(),
+            host=socket.gethostname(),
         )
         self._run = asyncio.create_task(self._run_jobs(), name="tragwerk-worker")
         self._tasks.append(asyncio.create_task(self._refresh_queue_stats()))
@@ -227,7 +241,7 @@ class Worker:
         next_prune = 0.0
         while True:
             try:
-                self.metrics.jobs.refresh_queue(await self.jobs.stats())
+                self.metrics.jobs.refresh_queue(await self.jobs.stats(self.heartbeat_timeout))
                 now = asyncio.get_running_loop().time()
                 if now >= next_prune:
                     pruned = await self.jobs.prune_log(keep)

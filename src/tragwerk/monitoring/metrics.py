@@ -277,6 +277,13 @@ class JobMetrics(Collector):
             ["kind"],
             registry=registry,
         )
+        self.orphaned = Gauge(
+            "tragwerk_jobs_orphaned",
+            "Jobs claimed by a worker that has sent no heartbeat for the heartbeat timeout"
+            " (it died); another worker claims them again",
+            ["kind"],
+            registry=registry,
+        )
         self.oldest = Gauge(
             "tragwerk_job_oldest_queued_seconds",
             "Age of the oldest queued job by kind",
@@ -318,6 +325,7 @@ class JobMetrics(Collector):
         """Replace the queue gauges with one reading of the queue table."""
         self.queued.clear()
         self.held.clear()
+        self.orphaned.clear()
         self.oldest.clear()
         oldest: dict[str, float] = {}
         for row in rows:
@@ -325,6 +333,8 @@ class JobMetrics(Collector):
             count = float(row["jobs"])  # type: ignore[arg-type]
             if status == "failed":
                 self.held.labels(kind).inc(count)
+            elif status == "orphaned":
+                self.orphaned.labels(kind).inc(count)
             else:
                 self.queued.labels(kind, band).inc(count)
                 age = float(row["oldest_seconds"])  # type: ignore[arg-type]

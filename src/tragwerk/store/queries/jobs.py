@@ -1,8 +1,13 @@
-"""The job queue seen from outside a worker: held jobs, requeueing, queue figures.
+"""The job queue seen from outside a worker: held jobs, orphaned jobs, requeueing,
+queue figures.
 
 Reads pgqueuer's tables directly (their layout is frozen by migration 0005). A held
 job is one whose last attempt failed (pgqueuer status 'failed'); its last error is
-the newest traceback in pgqueuer_log.
+the newest traceback in pgqueuer_log. An orphaned job is one a worker claimed
+(status 'picked') and stopped sending heartbeats for: the worker died. Any worker
+claims it again as soon as the heartbeat timeout has passed; until one does, it is
+listed here with the id of the worker that had it (`queue_manager_id`, the one its
+`worker started` log line gives).
 """
 
 from __future__ import annotations
@@ -25,6 +30,19 @@ _HELD = text(
              ORDER BY l.created DESC LIMIT 1) AS last_error
     FROM pgqueuer j
     WHERE j.status = 'failed' AND j.id > :after
+    ORDER BY j.id
+    LIMIT :limit
+    """
+)
+
+_ORPHANED = text(
+    """
+    SELECT j.id, j.entrypoint AS kind, j.priority, j.attempts, j.created,
+           CAST(j.queue_manager_id AS text) AS worker, j.heartbeat AS last_heartbeat,
+           CAST(extract(epoch FROM now() - j.heartbeat) AS float8) AS silent_seconds
+    FROM pgqueuer j
+    WHERE j.status = 'picked' AND j.heartbeat < now() - CAST(:timeout AS interval)
+      AND j.id > :after
     ORDER BY j.id
     LIMIT :limit
     """
@@ -72,9 +90,13 @@ _PRUNE = text(
     """
 )
 
+# A claimed job whose worker has been silent past the heartbeat timeout counts as
+# 'orphaned'; claimed jobs with a live worker are not counted here (the workers
+# export their own running jobs).
 _STATS = text(
     """
-    SELECT entrypoint, status::text AS status,
+    SELECT entrypoint,
+           CASE WHEN status = 'picked' THEN 'orphaned' ELSE status::text END AS status,
            CASE WHEN priority >= 900 THEN 'sla'
                 WHEN priority >= 400 THEN 'critical'
                 WHEN priority >= 300 THEN 'high'
@@ -85,6 +107,7 @@ _STATS = text(
            coalesce(extract(epoch FROM now() - min(created)), 0) AS oldest_seconds
     FROM pgqueuer
     WHERE status IN ('queued', 'failed')
+       OR (status = 'picked' AND heartbeat < now() - CAST(:timeout AS interval))
     GROUP BY 1, 2, 3
     """
 )
@@ -113,6 +136,12 @@ class JobStore:
             row["last_error"] = _last_error(row["last_error"])
         return rows
 
+    async def orphaned(self, heartbeat_timeout: timedelta, after: int, limit: int) -> list[Row]:
+        """Claimed jobs whose worker has sent no heartbeat for `heartbeat_timeout`."""
+        params = {"timeout": heartbeat_timeout, "after": after, "limit": limit}
+        async with self._reader.connect() as conn:
+            return [dict(r) for r in (await conn.execute(_ORPHANED, params)).mappings()]
+
     async def requeue(self, ids: list[int] | None) -> list[int]:
         """Requeue the held jobs among `ids` (all held jobs when None); their ids."""
         async with self._engine.begin() as conn:
@@ -131,6 +160,8 @@ class JobStore:
             result = await conn.execute(_PRUNE, {"keep": keep, "slice": slice_rows})
             return int(result.rowcount)
 
-    async def stats(self) -> list[Row]:
+    async def stats(self, heartbeat_timeout: timedelta) -> list[Row]:
+        """Jobs per kind, state (queued, failed = held, orphaned) and priority band."""
         async with self._reader.connect() as conn:
-            return [dict(r) for r in (await conn.execute(_STATS)).mappings()]
+            params = {"timeout": heartbeat_timeout}
+            return [dict(r) for r in (await conn.execute(_STATS, params)).mappings()]
