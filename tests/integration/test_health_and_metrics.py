@@ -57,6 +57,19 @@ async def test_metrics_report_state_duration_and_errors_per_module(api: Api) -> 
     assert re.search(r'tragwerk_http_request_seconds_bucket\{.*route="/v1/cases"', text)
 
 
+async def test_cached_reference_reads_are_labelled_with_their_route(api: Api) -> None:
+    """They are served outside FastAPI (fast_reference); they were counted as
+    "unmatched" once FastAPI kept included routers as routers of their own."""
+    for path in ("/v1/roles", "/v1/countries"):
+        assert (await api.get(path)).status_code == 200
+    text = (await api.client.get("/metrics")).text
+    for route in ("/v1/roles", "/v1/countries"):
+        count = _sample(
+            text, "tragwerk_http_requests_total", route=route, method="GET", status="200"
+        )
+        assert count >= 1, route
+
+
 async def test_every_response_carries_a_request_id(api: Api) -> None:
     r = await api.client.get("/health/live", headers={"X-Request-ID": "abc123"})
     assert r.headers["x-request-id"] == "abc123"

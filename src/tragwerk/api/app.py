@@ -12,7 +12,7 @@ from fastapi.routing import APIRoute
 from starlette.types import ASGIApp
 
 import tragwerk
-from tragwerk.api import errors
+from tragwerk.api import errors, openapi
 from tragwerk.api.client_address import ClientAddress
 from tragwerk.api.fast_reference import TABLES as FAST_TABLES
 from tragwerk.api.fast_reference import ReferenceFastPath
@@ -66,13 +66,17 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     errors.install(app)
-    for module in (health, cases, reference, users, webhooks, admin, jobs):
+    modules = (health, cases, reference, users, webhooks, admin, jobs)
+    for module in modules:
         app.include_router(module.router)
-    fast_routes = {
-        route.path: route
-        for route in app.routes
-        if isinstance(route, APIRoute) and route.path in FAST_TABLES
-    }
+    # Taken from the routers: FastAPI keeps included routers as routers of their own
+    # (app.routes lists them, not their routes).
+    api_routes = [
+        route for module in modules for route in module.router.routes if isinstance(route, APIRoute)
+    ]
+    app.state.api_routes = api_routes
+    openapi.install(app, api_routes)
+    fast_routes = {route.path: route for route in api_routes if route.path in FAST_TABLES}
     settings = services.settings
     limiting = None
     if services.limiter is not None or services.admission is not None:

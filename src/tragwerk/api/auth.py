@@ -77,6 +77,7 @@ def require(permission: Permission) -> Callable[[Principal], Awaitable[Principal
         return who
 
     check.__name__ = f"require_{permission.name.lower()}"
+    check.permission = permission  # type: ignore[attr-defined]  # read by tragwerk.api.openapi
     return check
 
 

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from tragwerk.api.responses import ProblemJSON
 from tragwerk.domain import errors as domain
@@ -148,15 +149,32 @@ async def _on_http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     codes = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large"}
     detail = exc.detail if isinstance(exc.detail, str) else TITLES.get(exc.status_code, "Error")
+    headers = dict(exc.headers or {})
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route matches {request.url.path}"
+    if exc.status_code == 405:
+        allowed = allowed_methods(request)
+        headers["Allow"] = ", ".join(allowed)
+        detail = f"{request.method} is not allowed on {request.url.path}; use {headers['Allow']}"
     return problem(
         exc.status_code,
         codes.get(exc.status_code, "http-error"),
         detail,
         instance=request.url.path,
-        headers=dict(exc.headers or {}),
+        headers=headers,
     )
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path. Starlette's router answers 405 from
+    the first route whose path matches, so its Allow names that route's methods only;
+    with one route per method (FastAPI's way) that was one of several."""
+    allowed: set[str] = set()
+    for route in request.app.state.api_routes:  # set by tragwerk.api.app.create_app
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            allowed |= set(route.methods or ())
+    return sorted(allowed)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:

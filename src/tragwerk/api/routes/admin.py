@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from tragwerk.api import schemas
 from tragwerk.api.auth import Svc, require
+from tragwerk.api.openapi import problems
 from tragwerk.api.responses import JSON
 from tragwerk.api.services import Services
 from tragwerk.domain.directory import Permission, Principal
@@ -44,12 +45,22 @@ async def _effective(svc: Services) -> list[dict[str, Any]]:
     return result
 
 
-@router.get("", response_model=list[schemas.TierLimit], summary="Limits in force, per tier")
+@router.get(
+    "",
+    response_model=list[schemas.TierLimit],
+    summary="Limits in force, per tier",
+    responses=problems(409, s409="Rate limiting is off in this process (TRAGWERK_RATE_LIMIT=off)"),
+)
 async def list_limits(svc: Svc, _who: Admin) -> Response:
     return JSON(await _effective(svc))
 
 
-@router.put("/{tier}", response_model=schemas.TierLimit, summary="Change a tier's limit")
+@router.put(
+    "/{tier}",
+    response_model=schemas.TierLimit,
+    summary="Change a tier's limit",
+    responses=problems(409, s409="Rate limiting is off in this process (TRAGWERK_RATE_LIMIT=off)"),
+)
 async def set_limit(tier: TierName, body: schemas.LimitChange, svc: Svc, who: Admin) -> Response:
     try:
         parse_limit(body.rate)
@@ -63,7 +74,12 @@ async def set_limit(tier: TierName, body: schemas.LimitChange, svc: Svc, who: Ad
     return JSON({row["tier"]: row for row in await _effective(svc)}[tier])
 
 
-@router.delete("/{tier}", response_model=schemas.TierLimit, summary="Back to the setting")
+@router.delete(
+    "/{tier}",
+    response_model=schemas.TierLimit,
+    summary="Back to the setting",
+    responses=problems(409, s409="Rate limiting is off in this process (TRAGWERK_RATE_LIMIT=off)"),
+)
 async def reset_limit(tier: TierName, svc: Svc, who: Admin) -> Response:
     await _effective(svc)
     assert svc.limits is not None
@@ -73,7 +89,12 @@ async def reset_limit(tier: TierName, svc: Svc, who: Admin) -> Response:
     return JSON({row["tier"]: row for row in await _effective(svc)}[tier])
 
 
-@router.get("/audit", response_model=list[schemas.LimitAudit], summary="Who changed what")
+@router.get(
+    "/audit",
+    response_model=list[schemas.LimitAudit],
+    summary="Who changed what",
+    responses=problems(409, s409="Rate limiting is off in this process (TRAGWERK_RATE_LIMIT=off)"),
+)
 async def limit_audit(
     svc: Svc, _who: Admin, limit: Annotated[int, Query(ge=1, le=500)] = 100
 ) -> Response:

@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from tragwerk.api import schemas
 from tragwerk.api.auth import Svc, require
+from tragwerk.api.openapi import problems
 from tragwerk.api.responses import JSON
 from tragwerk.api.routes.paging import (
     Cursor,
@@ -94,7 +95,12 @@ async def get_case(case_id: PathId, svc: Svc, _who: Reader) -> Response:
     return _case_response(await svc.cases.get(case_id))
 
 
-@router.patch("/{case_id}", response_model=schemas.Case, summary="Change a case's fields")
+@router.patch(
+    "/{case_id}",
+    response_model=schemas.Case,
+    summary="Change a case's fields",
+    responses=problems(409, 412, 428),
+)
 async def update_case(
     case_id: PathId,
     body: schemas.CaseUpdate,
@@ -114,7 +120,12 @@ async def update_case(
     return _case_response(case)
 
 
-@router.post("/{case_id}/status", response_model=schemas.Case, summary="Move a case's status")
+@router.post(
+    "/{case_id}/status",
+    response_model=schemas.Case,
+    summary="Move a case's status",
+    responses=problems(409, 412, 428),
+)
 async def change_status(
     case_id: PathId,
     body: schemas.StatusChange,
@@ -130,7 +141,12 @@ async def change_status(
     return _case_response(case)
 
 
-@router.post("/{case_id}/assignees", response_model=schemas.Case, summary="Assign users")
+@router.post(
+    "/{case_id}/assignees",
+    response_model=schemas.Case,
+    summary="Assign users",
+    responses=problems(409, 412),
+)
 async def add_assignees(
     case_id: PathId,
     body: schemas.AssigneesAdd,
@@ -148,7 +164,10 @@ async def add_assignees(
 
 
 @router.delete(
-    "/{case_id}/assignees/{user_id}", response_model=schemas.Case, summary="Unassign a user"
+    "/{case_id}/assignees/{user_id}",
+    response_model=schemas.Case,
+    summary="Unassign a user",
+    responses=problems(409, 412),
 )
 async def remove_assignee(
     case_id: PathId,

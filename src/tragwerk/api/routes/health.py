@@ -22,6 +22,12 @@ async def live() -> Response:
 @router.get(
     "/health/ready",
     summary="The process can serve: its database answered within the last second",
+    responses={
+        503: {
+            "description": "Not ready (a failing check, or draining before a stop)",
+            "content": {"application/json": {}},
+        }
+    },
 )
 async def ready(svc: Svc) -> Response:
     checks = {"database": await svc.readiness.database()}

@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from tragwerk.api import schemas
 from tragwerk.api.auth import Svc, require
+from tragwerk.api.openapi import problems
 from tragwerk.api.responses import JSON
 from tragwerk.domain.directory import Permission, Principal
 from tragwerk.domain.errors import NotFound
@@ -45,7 +46,10 @@ async def list_jobs(
 
 
 @router.post(
-    "/requeue", response_model=schemas.Requeued, summary="Queue held jobs again, attempts reset"
+    "/requeue",
+    response_model=schemas.Requeued,
+    summary="Queue held jobs again, attempts reset",
+    responses=problems(404, s404="None of the ids is a held job"),
 )
 async def requeue(body: schemas.RequeueJobs, svc: Svc, _who: Operator) -> Response:
     ids = None if body.all else list(dict.fromkeys(body.ids or []))

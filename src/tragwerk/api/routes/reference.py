@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from tragwerk.api import schemas
 from tragwerk.api.auth import Svc, require
+from tragwerk.api.openapi import problems
 from tragwerk.api.responses import JSON
 from tragwerk.api.routes.paging import PathId
 from tragwerk.api.services import Services
@@ -84,14 +85,19 @@ async def list_roles(svc: Svc, _who: Reader) -> Response:
     return await _listing(svc, "roles")
 
 
-@router.post("/roles", status_code=201, response_model=schemas.Role)
+@router.post("/roles", status_code=201, response_model=schemas.Role, responses=problems(409))
 async def create_role(body: schemas.RoleCreate, svc: Svc, _who: Admin) -> Response:
     row = await svc.directory.create_role(body.name, body.permissions)
     svc.caches.changed("roles", [row["id"]])
     return JSON(row, status_code=201)
 
 
-@router.put("/roles/{role_id}", response_model=schemas.Role, summary="Replace permissions")
+@router.put(
+    "/roles/{role_id}",
+    response_model=schemas.Role,
+    summary="Replace permissions",
+    responses=problems(409, s409="The admin role keeps every permission"),
+)
 async def update_role(
     role_id: Annotated[int, Path(ge=1, le=32767)], body: schemas.RoleUpdate, svc: Svc, _who: Admin
 ) -> Response:

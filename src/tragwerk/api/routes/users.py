@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from tragwerk.api import schemas
 from tragwerk.api.auth import Svc, principal, require
+from tragwerk.api.openapi import problems
 from tragwerk.api.responses import JSON
 from tragwerk.api.routes.paging import Cursor, Limit, PathId, page, page_size
 from tragwerk.domain.directory import Permission, Principal
@@ -37,7 +38,12 @@ async def list_users(
     return JSON(page(result.items, result.next_cursor))
 
 
-@router.get("/users/me", response_model=schemas.User, summary="The calling user")
+@router.get(
+    "/users/me",
+    response_model=schemas.User,
+    summary="The calling user",
+    responses=problems(404, s404="The token belongs to a service client, not a user"),
+)
 async def me(svc: Svc, who: Anyone) -> Response:
     if who.user_id is None:
         raise NotFound("this token belongs to a service client, not a user")
@@ -49,13 +55,18 @@ async def get_user(user_id: PathId, svc: Svc, _who: Reader) -> Response:
     return JSON(await svc.directory.user(user_id))
 
 
-@router.post("/users", status_code=201, response_model=schemas.User)
+@router.post("/users", status_code=201, response_model=schemas.User, responses=problems(409))
 async def create_user(body: schemas.UserCreate, svc: Svc, _who: Writer) -> Response:
     row = await svc.directory.create_user(body.model_dump())
     return JSON(row, status_code=201, headers={"Location": f"/v1/users/{row['id']}"})
 
 
-@router.patch("/users/{user_id}", response_model=schemas.User, summary="Change or deactivate")
+@router.patch(
+    "/users/{user_id}",
+    response_model=schemas.User,
+    summary="Change or deactivate",
+    responses=problems(409),
+)
 async def update_user(
     user_id: PathId, body: schemas.UserUpdate, svc: Svc, _who: Writer
 ) -> Response:
@@ -76,7 +87,12 @@ async def list_service_clients(svc: Svc, _who: TokenAdmin) -> Response:
     return JSON(await svc.directory.service_clients())
 
 
-@router.post("/service-clients", status_code=201, response_model=schemas.ServiceClient)
+@router.post(
+    "/service-clients",
+    status_code=201,
+    response_model=schemas.ServiceClient,
+    responses=problems(409),
+)
 async def create_service_client(
     body: schemas.ServiceClientCreate, svc: Svc, _who: TokenAdmin
 ) -> Response:
@@ -105,6 +121,7 @@ async def update_service_client(
     "/tokens",
     response_model=list[schemas.Token],
     summary="Your tokens; with tokens:write, anybody's (filter by owner, or all=true)",
+    responses=problems(403, s403="Listing others' tokens needs the tokens:write permission"),
 )
 async def list_tokens(
     svc: Svc,
@@ -135,6 +152,7 @@ async def list_tokens(
     status_code=201,
     response_model=schemas.TokenCreated,
     summary="Create a token (the secret is shown once)",
+    responses=problems(403, s403="Tokens for others need the tokens:write permission"),
 )
 async def create_token(body: schemas.TokenCreate, svc: Svc, who: Anyone) -> Response:
     if body.user_id is not None and body.service_client_id is not None:

@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from tragwerk.api import schemas
 from tragwerk.api.auth import Svc, require
+from tragwerk.api.openapi import problems
 from tragwerk.api.responses import JSON
 from tragwerk.api.routes.paging import Cursor, Limit, PathId, page, page_size
 from tragwerk.domain.directory import Permission, Principal
@@ -54,7 +55,12 @@ async def delete_webhook(subscription_id: PathId, svc: Svc, _who: Writer) -> Res
     return Response(status_code=204)
 
 
-@router.get("/notifications", response_model=schemas.NotificationPage, summary="Your notifications")
+@router.get(
+    "/notifications",
+    response_model=schemas.NotificationPage,
+    summary="Your notifications",
+    responses=problems(404, s404="Service clients have no notifications"),
+)
 async def list_notifications(
     svc: Svc, who: Notified, unread: bool = False, cursor: Cursor = None, limit: Limit = None
 ) -> Response:
