@@ -103,7 +103,7 @@ class World:
 
 def concrete(method: str, path: str, ids: dict[str, Any]) -> str:
     """The route's path with ids: real ones for reads, missing ones for changes."""
-    values = ids if method == "GET" else {k: MISSING for k in ids}
+    values = ids if method == "GET" else dict.fromkeys(ids, MISSING)
     values = {**values, "tier": "anonymous", "code": ids["code"] if method == "GET" else "ZZ"}
     return path.format(**values)
 
