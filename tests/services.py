@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 
 import pytest
@@ -39,3 +40,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def require_program(name: str, install: str) -> str:
+    """The program's path; skip without it, fail in CI (where .ci/run installs it)."""
+    path = shutil.which(name)
+    if path is None:
+        if in_ci():
+            pytest.fail(f"{name} is not installed (CI=true: .ci/run installs it)")
+        pytest.skip(f"{name} is not installed; {install}")
+    return path

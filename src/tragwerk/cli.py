@@ -1,4 +1,5 @@
-"""`tragwerk` commands: up, api, worker, jobs, migrate, seed. See docs/commands.md."""
+"""`tragwerk` commands: up, api, worker, jobs, token, gateway, migrate, seed. See
+docs/commands.md."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from tragwerk import cli_gateway
 from tragwerk.settings import Settings, SettingsError
 
 if TYPE_CHECKING:  # imported where used at run time: commands stay fast to start
@@ -96,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("--user", metavar="EMAIL", help="every live token of this user")
     revoke.add_argument("--data-dir", type=Path, help="embedded database directory (./var)")
 
+    cli_gateway.add_parser(sub)
+
     migrate = sub.add_parser("migrate", help="bring the database schema up to date")
     migrate.add_argument("--data-dir", type=Path, help="embedded database directory (./var)")
 
@@ -109,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911, PLR0912 - one per command
     args = _parser().parse_args(argv)
+    if args.command == "gateway":  # needs no settings, no database
+        return cli_gateway.run(args)
     try:
         settings = Settings.from_env()
     except SettingsError as exc:

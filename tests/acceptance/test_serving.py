@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -30,7 +29,7 @@ from tests.services import (
     SERVICE_PG_HOST,
     SERVICE_PG_PORT,
     free_port,
-    in_ci,
+    require_program,
     require_service,
 )
 
@@ -355,12 +354,7 @@ def _remaining(port: int, source: str, spoof: str | None = None) -> int:
 
 
 def _haproxy_or_skip() -> str:
-    path = shutil.which("haproxy")
-    if path is None:
-        if in_ci():
-            pytest.fail("haproxy is not installed (CI=true: .ci/run installs it)")
-        pytest.skip("haproxy is not installed; apt-get install haproxy")
-    return path
+    return require_program("haproxy", "apt-get install haproxy")
 
 
 class _proxy:  # noqa: N801 - used as a context manager, like open()

@@ -356,15 +356,17 @@ async def test_the_jobs_of_a_killed_worker_are_listed_as_orphaned(
                 return list(r.json())
 
             orphans = await eventually(listed)  # after the 2 s heartbeat timeout
-            assert [(o["kind"], o["worker"]) for o in orphans] == [("webhook", dead_worker)]
-            assert orphans[0]["silent_seconds"] >= 2
+            # The webhook job, and the case event too if the dead worker had not yet
+            # written its outcome (outcomes are written in batches).
+            assert ("webhook", dead_worker) in [(o["kind"], o["worker"]) for o in orphans]
+            assert {o["worker"] for o in orphans} == {dead_worker}
+            assert all(o["silent_seconds"] >= 2 for o in orphans)
 
             cli = await jobs_cli(env, "orphaned")
             assert cli.returncode == 0, cli.stderr
             lines = cli.stdout.strip().splitlines()
-            assert len(lines) == 2
-            assert "webhook" in lines[1]
-            assert dead_worker in lines[1]
+            assert len(lines) == 1 + len(orphans)
+            assert any("webhook" in line and dead_worker in line for line in lines[1:])
 
             metrics = Metrics()
             engine = create_engine(database, pool_size=1)
@@ -374,10 +376,11 @@ async def test_the_jobs_of_a_killed_worker_are_listed_as_orphaned(
                 await engine.dispose()
             metrics.jobs.refresh_queue(stats)
             assert 'tragwerk_jobs_orphaned{kind="webhook"} 1.0' in metrics.render().decode()
+            assert len(stats) >= 1
 
             successor = start_worker(env, tmp_path / "successor.log")
             try:
-                await eventually(lambda: len(receiver.received) == 2)
+                await eventually(lambda: len(receiver.received) >= 2)
                 await eventually(lambda: _queue_empty(database))
             finally:
                 successor.send_signal(signal.SIGTERM)
@@ -387,5 +390,4 @@ async def test_the_jobs_of_a_killed_worker_are_listed_as_orphaned(
             assert none.returncode == 0
             assert "no orphaned jobs" in none.stderr
         await api.client.aclose()
-    ids = receiver.event_ids()
-    assert ids[0] == ids[1]
+    assert len(set(receiver.event_ids())) == 1  # the re-run carries the same key

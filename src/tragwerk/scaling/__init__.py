@@ -1,0 +1,1 @@
+"""Component 5, load distribution and scaling: the gateway configuration."""
