@@ -26,16 +26,17 @@ from tests.services import free_port
 class SmtpSink:
     """aiosmtpd on a free loopback port; keeps every message it accepts."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, host: str = "127.0.0.1") -> None:
         self.messages: list[EmailMessage] = []
         self.delay = delay
+        self.host = host
         self.port = free_port()
         self._lock = threading.Lock()
-        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self._controller = Controller(self, hostname=host, port=self.port)
 
     @property
     def url(self) -> str:
-        return f"smtp://127.0.0.1:{self.port}"
+        return f"smtp://{self.host}:{self.port}"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
         if self.delay:
@@ -77,6 +78,7 @@ class WebhookReceiver:
     received: list[Received] = field(default_factory=list)
     in_flight: int = 0
     port: int = 0  # 0: any free port; a fixed one lets a test bring a receiver "back up"
+    host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -109,13 +111,13 @@ class WebhookReceiver:
                     with receiver._lock:
                         receiver.in_flight -= 1
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"http://{self.host}:{self.port}{path}"
 
     def event_ids(self) -> list[str]:
         with self._lock:
