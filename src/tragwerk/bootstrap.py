@@ -15,6 +15,7 @@ from tragwerk.api.server_state import ServerState, ServerStateCollector
 from tragwerk.api.services import Services
 from tragwerk.cache.caches import Caches
 from tragwerk.monitoring.metrics import Metrics
+from tragwerk.monitoring.supervisor import Backoff, Supervisor, SupervisorCollector
 from tragwerk.ratelimit.admission import Admission
 from tragwerk.ratelimit.budget import SharedBudget
 from tragwerk.ratelimit.limiter import RequestLimiter
@@ -39,6 +40,15 @@ def build_services(
         database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
     )
     metrics = Metrics()
+    supervisor = Supervisor(
+        Backoff(
+            initial=settings.restart_initial_seconds,
+            cap=settings.restart_cap_seconds,
+            crash_loop_crashes=settings.crash_loop_crashes,
+            crash_loop_window=settings.crash_loop_seconds,
+        )
+    )
+    metrics.registry.register(SupervisorCollector(supervisor))
     directory = DirectoryStore(engine, metrics.module("directory"))
     caches = Caches.create(
         metrics.module("reference_cache"),
@@ -47,7 +57,7 @@ def build_services(
     )
     limiter = build_limiter(settings, metrics) if settings.rate_limit_enabled else None
     limit_store = LimitStore(engine)
-    sync = LimitSync(limit_store, limiter)
+    sync = LimitSync(limit_store, limiter, supervisor)
     feed = None
     if settings.cache_enabled or limiter is not None:
 
@@ -85,6 +95,7 @@ def build_services(
         caches=caches,
         reads=CachedReads(caches, directory),
         feed=feed,
+        supervisor=supervisor,
     )
 
 
@@ -143,9 +154,9 @@ def build_app(
         services.server_state = server_state
         services.metrics.registry.register(ServerStateCollector(server_state))
     if with_worker:
-        from tragwerk.jobs.worker import Worker
+        from tragwerk.jobs.worker import EmbeddedWorker
 
-        services.background["worker"] = Worker(
+        services.background["worker"] = EmbeddedWorker(
             settings, database_url, services.engine, services.metrics
         )
     return create_app(services)

@@ -141,6 +141,13 @@ class Settings:
     sla_scan_seconds: float = 30.0
     sla_at_risk_minutes: float = 60.0
     sla_lookback_hours: float = 24.0
+    # Monitoring and recovery (tragwerk.monitoring.supervisor): restarts of a crashed
+    # background task wait restart_initial * 2^n seconds, capped, with jitter; this
+    # many crashes within crash_loop_seconds make it a crash loop.
+    restart_initial_seconds: float = 0.5
+    restart_cap_seconds: float = 30.0
+    crash_loop_crashes: int = 5
+    crash_loop_seconds: float = 300.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -217,6 +224,10 @@ class Settings:
             sla_scan_seconds=_float(env, "TRAGWERK_SLA_SCAN_SECONDS", 30.0, 0.1),
             sla_at_risk_minutes=_float(env, "TRAGWERK_SLA_AT_RISK_MINUTES", 60.0),
             sla_lookback_hours=_float(env, "TRAGWERK_SLA_LOOKBACK_HOURS", 24.0, 0.01),
+            restart_initial_seconds=_float(env, "TRAGWERK_RESTART_INITIAL_SECONDS", 0.5, 0.01),
+            restart_cap_seconds=_float(env, "TRAGWERK_RESTART_CAP_SECONDS", 30.0, 0.01),
+            crash_loop_crashes=_int(env, "TRAGWERK_CRASH_LOOP_CRASHES", 5, minimum=2),
+            crash_loop_seconds=_float(env, "TRAGWERK_CRASH_LOOP_SECONDS", 300.0, 1.0),
         )
         for name in ("limit_anonymous", "limit_external", "limit_internal", "limit_auth_failures"):
             problem = rate_problem(getattr(settings, name))

@@ -28,7 +28,12 @@ async def test_live_and_ready_need_no_token(api: Api) -> None:
     assert r.json() == {"status": "ok"}
     r = await api.client.get("/health/ready")
     assert r.status_code == 200
-    assert r.json()["checks"] == {"database": "ok", "cache_feed": "ok", "rate_limit": "ok (memory)"}
+    assert r.json()["checks"] == {
+        "database": "ok",
+        "cache_feed": "ok",
+        "rate_limit": "ok (memory)",
+        "tasks": "ok",
+    }
 
 
 async def test_metrics_report_state_duration_and_errors_per_module(api: Api) -> None:

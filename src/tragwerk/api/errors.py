@@ -14,6 +14,7 @@ from starlette.routing import Match
 
 from tragwerk.api.responses import ProblemJSON
 from tragwerk.domain import errors as domain
+from tragwerk.store.database import database_unreachable
 
 log = structlog.get_logger("tragwerk.api")
 
@@ -177,7 +178,21 @@ def allowed_methods(request: Request) -> list[str]:
     return sorted(allowed)
 
 
+DATABASE_UNAVAILABLE = "the database cannot be reached right now; nothing was changed, retry"
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    if database_unreachable(exc):
+        # Not the request's fault, and not a bug: the server is restarting or down.
+        # One line, no traceback: during an outage every request would log one.
+        log.warning("database unreachable", path=request.url.path, error=repr(exc))
+        return problem(
+            503,
+            "database-unavailable",
+            DATABASE_UNAVAILABLE,
+            instance=request.url.path,
+            headers={"Retry-After": "1"},
+        )
     log.error("unhandled error", path=request.url.path, exc_info=exc)
     return problem(
         500,

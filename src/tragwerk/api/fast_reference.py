@@ -15,10 +15,12 @@ from collections.abc import Mapping
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tragwerk.api.auth import SCOPE_KEY, authenticate, authenticate_cached
-from tragwerk.api.middleware import header
+from tragwerk.api.errors import DATABASE_UNAVAILABLE
+from tragwerk.api.middleware import header, send_problem
 from tragwerk.api.services import Services
 from tragwerk.domain.directory import Permission
 from tragwerk.domain.errors import DomainError
+from tragwerk.store.database import database_unreachable
 
 TABLES = {
     "/v1/roles": "roles",
@@ -52,6 +54,18 @@ class ReferenceFastPath:
             snapshot = await self.services.reads.reference(table)
         except DomainError:
             await self.app(scope, receive, send)  # the route explains the refusal
+            return
+        except Exception as exc:
+            if not database_unreachable(exc):
+                raise
+            await send_problem(
+                send,
+                503,
+                "database-unavailable",
+                "Service Unavailable",
+                DATABASE_UNAVAILABLE,
+                [(b"retry-after", b"1")],
+            )
             return
         scope["route"] = self.routes.get(path)
         await send(

@@ -16,6 +16,7 @@ from typing import Any
 from starlette.types import Scope, Send
 
 from tragwerk.api.auth import SCOPE_KEY, authenticate, authenticate_cached
+from tragwerk.api.errors import DATABASE_UNAVAILABLE
 from tragwerk.api.middleware import header, send_problem
 from tragwerk.api.services import Services
 from tragwerk.domain.directory import Principal
@@ -24,6 +25,7 @@ from tragwerk.ratelimit.admission import Admission, Lane
 from tragwerk.ratelimit.budget import Decision
 from tragwerk.ratelimit.limiter import RequestLimiter
 from tragwerk.ratelimit.policy import Tier, TierPolicy, route_cost
+from tragwerk.store.database import database_unreachable
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +191,10 @@ class Limiting:
             who = await authenticate(self.services, raw.decode("latin-1"))
         except Unauthenticated:
             await limiter.auth_failed(client)  # the route answers 401
+        except Exception as exc:
+            if not database_unreachable(exc):
+                raise
+            return Refusal(503, "database-unavailable", DATABASE_UNAVAILABLE, 1)
         else:
             tier, key = _identified(scope, who)
         policy = limiter.policies[tier]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -13,6 +15,7 @@ from tragwerk.api.readiness import ReadinessProbe
 from tragwerk.api.server_state import ServerState
 from tragwerk.cache.caches import Caches
 from tragwerk.monitoring.metrics import Metrics
+from tragwerk.monitoring.supervisor import Supervisor
 from tragwerk.ratelimit.admission import Admission
 from tragwerk.ratelimit.limiter import RequestLimiter
 from tragwerk.settings import Settings
@@ -26,13 +29,20 @@ from tragwerk.store.queries.webhooks import WebhookStore
 
 
 class Background(Protocol):
-    """Work that runs in this process beside the requests (the embedded profile's worker)."""
+    """Work that runs in this process beside the requests (the embedded profile's worker).
 
-    async def start(self) -> None: ...
+    `run()` runs until cancelled and raises when it fails; the supervisor restarts it.
+    """
 
-    async def stop(self, grace: float | None = None) -> None: ...
+    started: asyncio.Event  # set once it first works (start-up waits a while for it)
+
+    async def run(self) -> None: ...
 
     async def ready(self) -> str: ...
+
+
+STARTUP_WAIT_SECONDS = 15.0  # start-up waits this long for background work to listen
+FEED_WAIT_SECONDS = 5.0  # and this long for the change feed's first connection
 
 
 @dataclass
@@ -48,6 +58,9 @@ class Services:
     caches: Caches
     reads: CachedReads
     feed: ChangeFeed | None
+    # Runs the long-lived tasks below (the change feed, background work, limit reloads)
+    # and restarts one that crashes.
+    supervisor: Supervisor
     limiter: RequestLimiter | None = None
     admission: Admission | None = None
     limits: LimitSync | None = None
@@ -67,17 +80,19 @@ class Services:
         if self.limits is not None:
             await self.limits.reload()
         if self.feed is not None:
-            await self.feed.start()
+            self.supervisor.start("change_feed", self.feed.run)
+            await self.feed.wait_connected(FEED_WAIT_SECONDS)
+        for name, work in self.background.items():
+            self.supervisor.start(name, work.run, probe=work.ready)
         for work in self.background.values():
-            await work.start()
+            # Not fatal: the supervisor keeps trying, and readiness says how it goes.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(work.started.wait(), STARTUP_WAIT_SECONDS)
         if self.server_state is not None:
             self.server_state.mark_started()
 
     async def stop(self) -> None:
-        for work in self.background.values():
-            await work.stop()
-        if self.feed is not None:
-            await self.feed.stop()
+        await self.supervisor.stop()
         if self.limiter is not None:
             await self.limiter.close()
         await self.engine.dispose()

@@ -39,7 +39,11 @@ from tragwerk.store.queries.sla import raise_alerts
 log = structlog.get_logger("tragwerk.worker")
 
 QUEUE_STATS_SECONDS = 5.0
-LISTENER_CHECK_SECONDS = 10.0
+# The LISTEN connection is probed this often, each probe waiting this long for its
+# NOTIFY: a listener killed by a database restart is found within 3 x (2 + 3) = 15 s
+# (it was 45 s), for one NOTIFY every 2 s.
+LISTENER_CHECK_SECONDS = 2.0
+LISTENER_PROBE_SECONDS = 3.0
 LOG_PRUNE_SECONDS = 600.0
 LISTENER_FAILURES_ALLOWED = 3
 # A receiver's Retry-After is honoured up to this; beyond, it is taken as this.
@@ -223,7 +227,7 @@ class Worker:
         while True:
             await asyncio.sleep(LISTENER_CHECK_SECONDS)
             try:
-                await self._runner.probe(within=5.0)
+                await self._runner.probe(within=LISTENER_PROBE_SECONDS)
             except Exception as exc:  # noqa: BLE001 - counted; three in a row stop us
                 failures += 1
                 self.reporter.count("listener_probe_failed")
@@ -271,3 +275,44 @@ class Worker:
                 log.warning("SLA scan failed", error=repr(exc))
             # Jitter keeps several workers' scans from lining up.
             await asyncio.sleep(s.sla_scan_seconds * random.uniform(0.8, 1.2))  # noqa: S311
+
+
+class QueueListenerLostError(RuntimeError):
+    """The worker's LISTEN connection stopped answering its probes."""
+
+
+class EmbeddedWorker:
+    """The job worker of `tragwerk up`, as a task the API process's supervisor runs.
+
+    Each run builds a fresh Worker (new pools, runner and breakers) and runs it until
+    cancelled; a runner that fails or a listener that stops answering ends the run with
+    an error, and the supervisor (tragwerk.monitoring.supervisor) logs it and starts
+    the next run after its backoff. Before, such a failure ended the worker silently.
+    """
+
+    def __init__(
+        self, settings: Settings, database_url: str, engine: AsyncEngine, metrics: Metrics
+    ) -> None:
+        self.settings = settings
+        self.database_url = database_url
+        self.engine = engine
+        self.metrics = metrics
+        self.current: Worker | None = None
+        self.started = asyncio.Event()  # set once the first run listens
+
+    async def run(self) -> None:
+        worker = Worker(self.settings, self.database_url, self.engine, self.metrics)
+        self.current = worker
+        try:
+            await worker.start()
+            self.started.set()
+            await worker.wait()
+            if worker.failed:
+                raise QueueListenerLostError("the queue listener stopped answering")
+        finally:
+            self.current = None
+            await worker.stop()
+
+    async def ready(self) -> str:
+        worker = self.current
+        return "stopped" if worker is None else await worker.ready()

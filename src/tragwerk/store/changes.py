@@ -10,7 +10,6 @@ everything on both edges. Reconnects back off exponentially with jitter, capped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -47,40 +46,38 @@ class ChangeFeed:
     probe_interval: float = 5.0
     random: random.Random = field(default_factory=random.Random)
     connected: bool = False
-    _task: asyncio.Task[None] | None = None
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def start(self, wait: float = 5.0) -> None:
-        """Start listening; wait up to `wait` seconds for the first connection."""
-        self.reporter.set_healthy(False)
-        self._task = asyncio.create_task(self._run(), name="tragwerk-change-feed")
+    async def wait_connected(self, within: float = 5.0) -> bool:
+        """Wait up to `within` seconds for the first connection; False if not made yet."""
         try:
-            await asyncio.wait_for(self._ready.wait(), wait)
+            await asyncio.wait_for(self._ready.wait(), within)
         except TimeoutError:
             log.warning("change feed not connected yet; caches stay off until it is")
+            return False
+        return True
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Listen until cancelled, reconnecting with backoff (run under the supervisor)."""
+        self.reporter.set_healthy(False)
         delay = self.backoff_initial
-        while True:
-            try:
-                await self._listen_once()
-                delay = self.backoff_initial  # it was up: start backing off afresh
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure means: reconnect; logged
-                log.warning("change feed connection failed: %r", exc)
-                self.reporter.count("connect_failed")
+        try:
+            while True:
+                try:
+                    await self._listen_once()
+                    delay = self.backoff_initial  # it was up: start backing off afresh
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - any failure means: reconnect; logged
+                    log.warning("change feed connection failed: %r", exc)
+                    self.reporter.count("connect_failed")
+                self._set_state(False)
+                sleep = min(self.backoff_max, delay) * (0.5 + self.random.random())
+                await asyncio.sleep(sleep)
+                delay = min(self.backoff_max, delay * 2)
+        finally:
+            # Ended (stopped, or crashed in a callback): nothing announced can be trusted.
             self._set_state(False)
-            sleep = min(self.backoff_max, delay) * (0.5 + self.random.random())
-            await asyncio.sleep(sleep)
-            delay = min(self.backoff_max, delay * 2)
 
     async def _listen_once(self) -> None:
         lost = asyncio.Event()

@@ -6,9 +6,12 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import Any
 
+import asyncpg
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tragwerk.store import hot
@@ -25,14 +28,31 @@ def async_url(url: str) -> str:
 
 
 def create_engine(url: str, *, pool_size: int = 20, max_overflow: int = 0) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         async_url(url),
         pool_size=pool_size,
         max_overflow=max_overflow,
-        # A dead connection fails one query; pre-ping would cost a round trip per checkout.
+        # Pre-ping would cost a round trip per checkout; _discard_closed checks for free.
         pool_pre_ping=False,
         connect_args={"server_settings": {"application_name": "tragwerk"}},
     )
+    event.listen(engine.sync_engine.pool, "checkout", _discard_closed)
+    return engine
+
+
+def _discard_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """Hand out no connection the server has closed (a restart, a failover, an admin).
+
+    asyncpg marks a connection closed as soon as the event loop sees its socket end,
+    which for connections idle in the pool is right away. Without this check, each of
+    the pool's connections failed one request after a PostgreSQL restart, and the hot
+    reads (store.hot), which bypass SQLAlchemy's own disconnect handling, failed with
+    a 500. DisconnectionError makes the pool drop the connection and open a fresh one
+    (SQLAlchemy's documented way for checkout listeners). A connection that dies while
+    in use is not caught here: that request is answered 503 (database_unreachable).
+    """
+    if dbapi_connection.driver_connection.is_closed():
+        raise DisconnectionError("the server closed this pooled connection")
 
 
 async def warm_pool(engine: AsyncEngine, connections: int) -> int:
@@ -54,6 +74,34 @@ async def warm_pool(engine: AsyncEngine, connections: int) -> int:
     except Exception as exc:  # noqa: BLE001 - warming is an optimisation, never fatal
         log.warning("could not open all pooled connections at start-up: %r", exc)
     return opened
+
+
+# Server states that end every session (57P01 admin shutdown, 57P02 crash shutdown,
+# 57P03 cannot connect now: starting up or shutting down).
+_SHUTDOWN_STATES = {"57P01", "57P02", "57P03"}
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """True when `exc` (or what caused it) means the connection to PostgreSQL is gone or
+    cannot be made: a restart, a failover, the server down. Such an error says nothing
+    about the request, so it is answered 503 (retry), never 500, and an idempotent
+    request is retried once on a fresh connection (tragwerk.api.database_retry).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, asyncpg.PostgresConnectionError | OSError):
+            return True
+        if getattr(current, "sqlstate", None) in _SHUTDOWN_STATES:
+            return True
+        if isinstance(current, asyncpg.InterfaceError) and "closed" in str(current):
+            return True  # "connection is closed": used after the server ended it
+        orig = current.orig if isinstance(current, DBAPIError) else None
+        current = orig or current.__cause__ or current.__context__
+    return False
 
 
 READY_TIMEOUT_SECONDS = 2.0

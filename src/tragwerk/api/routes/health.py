@@ -14,8 +14,21 @@ router = APIRouter(tags=["health"])
 log = structlog.get_logger("tragwerk.health")
 
 
-@router.get("/health/live", summary="The process is running")
-async def live() -> Response:
+@router.get(
+    "/health/live",
+    summary="The process is running and heals itself (no background task is crash-looping)",
+    responses={
+        503: {
+            "description": "A background task keeps crashing: restart the process",
+            "content": {"application/json": {}},
+        }
+    },
+)
+async def live(svc: Svc) -> Response:
+    looping = svc.supervisor.crash_looping
+    if looping:
+        # Restarting the task in place has not helped; a fresh process might.
+        return JSON({"status": "failing", "crash_looping": looping}, status_code=503)
     return JSON({"status": "ok"})
 
 
@@ -39,9 +52,11 @@ async def ready(svc: Svc) -> Response:
     # goes to the database, which is slower but still correct.
     checks["cache_feed"] = svc.cache_state()
     checks["rate_limit"] = svc.rate_limit_state()
-    for name, work in svc.background.items():
-        checks[name] = await work.ready()
-    ok = checks["database"] == "ok"
+    for name in svc.background:
+        checks[name] = await svc.supervisor.describe(name)
+    looping = svc.supervisor.crash_looping
+    checks["tasks"] = f"crash-looping: {', '.join(looping)}" if looping else "ok"
+    ok = checks["database"] == "ok" and not looping
     if svc.server_state is not None and svc.server_state.draining():
         # Stopping (SIGTERM): out of rotation first, while requests are still served.
         checks["server"] = "draining"
