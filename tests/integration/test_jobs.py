@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from tragwerk.monitoring.metrics import Metrics
 from tragwerk.settings import Settings
 from tragwerk.store.database import create_engine
 from tragwerk.store.outbox import NOTIFICATION_ONLY, Job, enqueue
+from tragwerk.store.queries.jobs import JobStore
 from tragwerk.store.queries.sla import raise_alerts
 
 SECRET = "s3cret-s3cret-s3cret"
@@ -517,6 +519,32 @@ async def test_worker_ready_and_job_metrics(fresh_url: str) -> None:
         assert 'tragwerk_jobs_total{kind="case_event",outcome="succeeded"} 1.0' in rendered
         assert 'tragwerk_job_seconds_count{kind="case_event"} 1.0' in rendered
         assert await w.ready() == "stopped"
+
+
+async def test_queue_lag_counts_from_when_a_job_became_due(fresh_url: str) -> None:
+    """A job waiting out its retry backoff is not late; one due for ten minutes is."""
+    async with setup(fresh_url, job_settings(fresh_url, None)) as s:
+        lag_jobs = """
+            INSERT INTO pgqueuer (priority, status, entrypoint, created, execute_after) VALUES
+            (250, 'queued', 'lag_probe', now() - interval '600 s', now() - interval '600 s'),
+            (250, 'queued', 'lag_probe', now() - interval '3600 s', now() + interval '1 h'),
+            (950, 'queued', 'lag_probe', now() - interval '7200 s', now() + interval '1 h')
+        """
+        async with s.api.services.engine.begin() as conn:
+            await conn.execute(text(lag_jobs))
+        metrics = Metrics()
+        metrics.jobs.refresh_queue(
+            await JobStore(s.api.services.engine).stats(timedelta(seconds=30))
+        )
+        text_ = metrics.render().decode()
+        lag = re.search(
+            r'tragwerk_job_oldest_queued_seconds\{band="normal",kind="lag_probe"\} ([0-9.]+)',
+            text_,
+        )
+        assert lag is not None
+        assert 600 <= float(lag.group(1)) < 660
+        assert 'tragwerk_job_oldest_queued_seconds{band="sla",kind="lag_probe"} 0.0' in text_
+        assert 'tragwerk_jobs_queued{band="normal",kind="lag_probe"} 2.0' in text_
 
 
 async def test_requeue_validates_its_body(fresh_url: str) -> None:

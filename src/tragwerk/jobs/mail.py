@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
 
+from tragwerk.domain.observability import ModuleReporter, SilentReporter
 from tragwerk.jobs.outcome import Permanent, Retryable
 
 
@@ -56,8 +57,13 @@ def recipient(address: str) -> Address:
 
 
 class Mailer:
-    def __init__(self, url: str, sender: str, timeout: float) -> None:
+    def __init__(
+        self, url: str, sender: str, timeout: float, reporter: ModuleReporter | None = None
+    ) -> None:
         parts = urlsplit(url)
+        # Module "smtp": down from a send that could not reach the server (or that it
+        # refused with a 4xx) until the next accepted one; the TragwerkModuleDown alert.
+        self._reporter = reporter or SilentReporter()
         self._implicit_tls = parts.scheme == "smtps"
         self._host = parts.hostname or "localhost"
         self._port = parts.port or (465 if self._implicit_tls else 25)
@@ -100,13 +106,21 @@ class Mailer:
                 timeout=self._timeout,
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:
+            self._reporter.set_healthy(True)  # it answered; the recipient is the problem
             codes = [r.code for r in exc.recipients]
             if all(400 <= c < 500 for c in codes):
                 raise Retryable(f"recipient deferred: {exc}") from exc
             raise Permanent(f"recipient refused: {exc}") from exc
         except aiosmtplib.SMTPResponseException as exc:
             if 400 <= exc.code < 500:
+                self._reporter.set_healthy(False)
+                self._reporter.count("deferred")
                 raise Retryable(f"SMTP {exc.code}: {exc.message}") from exc
+            self._reporter.set_healthy(True)
             raise Permanent(f"SMTP {exc.code}: {exc.message}") from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            self._reporter.set_healthy(False)
+            self._reporter.count("unreachable")
             raise Retryable(f"SMTP unreachable: {type(exc).__name__}: {exc}") from exc
+        self._reporter.set_healthy(True)
+        self._reporter.count("sent")

@@ -16,11 +16,14 @@ import contextlib
 import os
 import random
 import socket
+from collections.abc import Iterable
 from datetime import timedelta
 
 import asyncpg
 import structlog
 from pgqueuer.adapters.persistence.queries import Queries
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tragwerk.domain.events import RetryPolicy
@@ -70,6 +73,7 @@ class Worker:
         self.jobs = JobStore(engine)
         self.breakers = CircuitBreakers(settings.breaker_threshold, settings.breaker_open_seconds)
         self.reporter = metrics.module("worker")
+        self._breaker_metrics = BreakerCollector(self.breakers)
         self._pool: asyncpg.Pool | None = None
         self._direct: asyncpg.Pool | None = None
         self._runner: JobRunner | None = None
@@ -93,7 +97,10 @@ class Worker:
 
     def _handlers(self) -> Handlers:
         s = self.settings
-        mailer = Mailer(s.smtp_url, s.mail_from, s.smtp_timeout_seconds) if s.smtp_url else None
+        mailer = None
+        if s.smtp_url:
+            smtp = self.metrics.module("smtp")
+            mailer = Mailer(s.smtp_url, s.mail_from, s.smtp_timeout_seconds, smtp)
         self._deliverer = Deliverer(
             AddressGuard(s.webhook_allow_hosts),
             self.breakers,
@@ -106,6 +113,7 @@ class Worker:
 
     async def start(self) -> None:
         s = self.settings
+        self.metrics.registry.register(self._breaker_metrics)
         self._pool = await asyncpg.create_pool(
             plain_url(self.database_url),
             min_size=2,
@@ -215,6 +223,8 @@ class Worker:
         for pool in (self._pool, self._direct):
             if pool is not None:
                 await pool.close()
+        with contextlib.suppress(KeyError):  # a start that failed before registering
+            self.metrics.registry.unregister(self._breaker_metrics)
 
     async def _watch_listener(self) -> None:
         """Stop the job runner when its LISTEN connection stops hearing our probes.
@@ -275,6 +285,24 @@ class Worker:
                 log.warning("SLA scan failed", error=repr(exc))
             # Jitter keeps several workers' scans from lining up.
             await asyncio.sleep(s.sla_scan_seconds * random.uniform(0.8, 1.2))  # noqa: S311
+
+
+class BreakerCollector(Collector):
+    """tragwerk_webhook_breaker_open{host, state}: 1 per destination host whose breaker is
+    open or half-open in this worker (closed ones are not listed)."""
+
+    def __init__(self, breakers: CircuitBreakers) -> None:
+        self._breakers = breakers
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "tragwerk_webhook_breaker_open",
+            "1 per webhook destination host whose circuit breaker is open or half-open",
+            labels=["host", "state"],
+        )
+        for host, state in sorted(self._breakers.not_closed().items()):
+            family.add_metric([host, state.value], 1.0)
+        yield family
 
 
 class QueueListenerLostError(RuntimeError):

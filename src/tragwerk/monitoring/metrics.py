@@ -286,8 +286,8 @@ class JobMetrics(Collector):
         )
         self.oldest = Gauge(
             "tragwerk_job_oldest_queued_seconds",
-            "Age of the oldest queued job by kind",
-            ["kind"],
+            "Age of the oldest queued job by kind and priority band",
+            ["kind", "band"],
             registry=registry,
         )
 
@@ -327,7 +327,7 @@ class JobMetrics(Collector):
         self.held.clear()
         self.orphaned.clear()
         self.oldest.clear()
-        oldest: dict[str, float] = {}
+        oldest: dict[tuple[str, str], float] = {}
         for row in rows:
             kind, status, band = str(row["entrypoint"]), str(row["status"]), str(row["band"])
             count = float(row["jobs"])  # type: ignore[arg-type]
@@ -338,6 +338,6 @@ class JobMetrics(Collector):
             else:
                 self.queued.labels(kind, band).inc(count)
                 age = float(row["oldest_seconds"])  # type: ignore[arg-type]
-                oldest[kind] = max(oldest.get(kind, 0.0), age)
-        for kind, age in oldest.items():
-            self.oldest.labels(kind).set(age)
+                oldest[(kind, band)] = max(oldest.get((kind, band), 0.0), age)
+        for (kind, band), age in oldest.items():
+            self.oldest.labels(kind, band).set(age)

@@ -84,5 +84,10 @@ class CircuitBreakers:
         if entry.opened_at is not None or entry.failures >= self.threshold:
             entry.opened_at = self.clock()
 
+    def not_closed(self) -> dict[str, BreakerState]:
+        """Every host whose breaker is open or half-open, with its state."""
+        states = {host: self.state(host) for host in list(self._hosts)}
+        return {host: state for host, state in states.items() if state is not BreakerState.CLOSED}
+
     def open_hosts(self) -> int:
         return sum(1 for host in self._hosts if self.state(host) is not BreakerState.CLOSED)

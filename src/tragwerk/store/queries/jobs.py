@@ -104,7 +104,11 @@ _STATS = text(
                 WHEN priority >= 100 THEN 'low'
                 ELSE 'other' END AS band,
            count(*) AS jobs,
-           coalesce(extract(epoch FROM now() - min(created)), 0) AS oldest_seconds
+           -- How long the longest-waiting job that may run now has waited since it
+           -- became due: a job waiting out its retry backoff is not late.
+           coalesce(extract(epoch FROM now() - min(greatest(created, execute_after))
+                    FILTER (WHERE status = 'queued' AND execute_after <= now())), 0)
+             AS oldest_seconds
     FROM pgqueuer
     WHERE status IN ('queued', 'failed')
        OR (status = 'picked' AND heartbeat < now() - CAST(:timeout AS interval))
