@@ -60,9 +60,8 @@ def test_the_rules_are_valid_and_their_unit_tests_pass() -> None:
 def test_the_example_configurations_are_valid() -> None:
     promtool("check", "config", str(PROMETHEUS_CONFIG))
     amtool = require_program("amtool", INSTALL)
-    done = subprocess.run(
-        [amtool, "check-config", str(ALERTMANAGER_CONFIG)], capture_output=True, text=True
-    )
+    check = [amtool, "check-config", str(ALERTMANAGER_CONFIG)]
+    done = subprocess.run(check, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -286,7 +285,7 @@ def test_a_killed_worker_alerts_the_support_team_once_then_resolves(
             time.sleep(5)  # the group repeats only after its repeat interval: no second one
             fired = notifications(hooks, "TragwerkInstanceDown")
             assert fired == [("/support-team-page", "firing", "firing")]
-            firing_mail = [m for m in smtp.messages if "TragwerkInstanceDown" in str(m["Subject"])]
+            firing_mail = [m for m in smtp.messages if "InstanceDown" in str(m["Subject"])]
             assert len(firing_mail) == 1
             assert str(firing_mail[0]["To"]) == "support-team-page@example.test"
             assert str(firing_mail[0]["Subject"]).startswith("[FIRING:1] TragwerkInstanceDown")
