@@ -320,7 +320,7 @@ def test_a_killed_worker_alerts_the_support_team_once_then_resolves(
             assert {name for name, _ in others} == {"TragwerkInstanceDown", "TragwerkNoWorker"}
             print(
                 f"\nalert {to_alert:.1f} s after the SIGKILL (scrape and evaluation 1 s, for 2 s,"
-                f" group_wait 1 s); resolved {to_resolve:.1f} s after the restarted worker was ready"
+                f" group_wait 1 s); resolved {to_resolve:.1f} s after the worker was back"
             )
         finally:
             if worker.poll() is None:
