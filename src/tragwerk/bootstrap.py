@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+import tragwerk
 from tragwerk.api.app import create_app
 from tragwerk.api.cached import CachedReads
 from tragwerk.api.limit_sync import LimitSync
@@ -25,6 +26,7 @@ from tragwerk.ratelimit.windows import WindowStore
 from tragwerk.settings import Settings
 from tragwerk.store.changes import ChangeFeed
 from tragwerk.store.database import create_engine
+from tragwerk.store.instances import InstanceRecorder, InstanceStore
 from tragwerk.store.queries.cases import CaseStore
 from tragwerk.store.queries.directory import DirectoryStore
 from tragwerk.store.queries.jobs import JobStore
@@ -92,6 +94,7 @@ def build_services(
         webhooks=WebhookStore(engine),
         notifications=NotificationStore(engine),
         jobs=JobStore(engine),
+        instances=InstanceStore(engine),
         caches=caches,
         reads=CachedReads(caches, directory),
         feed=feed,
@@ -153,6 +156,14 @@ def build_app(
     if server_state is not None:
         services.server_state = server_state
         services.metrics.registry.register(ServerStateCollector(server_state))
+    services.recorder = InstanceRecorder(
+        services.instances,
+        role="up" if with_worker else "api",
+        version=tragwerk.__version__,
+        states=services.checks,
+        interval=settings.instance_heartbeat_seconds,
+        address=f"{settings.host}:{settings.port}",
+    )
     if with_worker:
         from tragwerk.jobs.worker import EmbeddedWorker
 

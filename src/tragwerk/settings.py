@@ -148,6 +148,9 @@ class Settings:
     restart_cap_seconds: float = 30.0
     crash_loop_crashes: int = 5
     crash_loop_seconds: float = 300.0
+    # Every process records itself (GET /v1/admin/instances) this often; three missed
+    # heartbeats show it as lost.
+    instance_heartbeat_seconds: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -228,6 +231,9 @@ class Settings:
             restart_cap_seconds=_float(env, "TRAGWERK_RESTART_CAP_SECONDS", 30.0, 0.01),
             crash_loop_crashes=_int(env, "TRAGWERK_CRASH_LOOP_CRASHES", 5, minimum=2),
             crash_loop_seconds=_float(env, "TRAGWERK_CRASH_LOOP_SECONDS", 300.0, 1.0),
+            instance_heartbeat_seconds=_float(
+                env, "TRAGWERK_INSTANCE_HEARTBEAT_SECONDS", 10.0, 0.1
+            ),
         )
         for name in ("limit_anonymous", "limit_external", "limit_internal", "limit_auth_failures"):
             problem = rate_problem(getattr(settings, name))

@@ -79,6 +79,7 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/admin/limits/audit"): P.LIMITS_WRITE,
     ("GET", "/v1/admin/jobs"): P.JOBS_MANAGE,
     ("POST", "/v1/admin/jobs/requeue"): P.JOBS_MANAGE,
+    ("GET", "/v1/admin/instances"): P.JOBS_MANAGE,
 }
 
 MISSING = 999_999_999  # an id no record has: a call let through ends in 404 or 422

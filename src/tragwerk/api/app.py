@@ -18,7 +18,16 @@ from tragwerk.api.fast_reference import TABLES as FAST_TABLES
 from tragwerk.api.fast_reference import ReferenceFastPath
 from tragwerk.api.gate import Gate
 from tragwerk.api.limiting import Limiting
-from tragwerk.api.routes import admin, cases, health, jobs, reference, users, webhooks
+from tragwerk.api.routes import (
+    admin,
+    cases,
+    health,
+    instances,
+    jobs,
+    reference,
+    users,
+    webhooks,
+)
 from tragwerk.api.services import Services
 
 
@@ -66,7 +75,7 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     errors.install(app)
-    modules = (health, cases, reference, users, webhooks, admin, jobs)
+    modules = (health, cases, reference, users, webhooks, admin, jobs, instances)
     for module in modules:
         app.include_router(module.router)
     # Taken from the routers: FastAPI keeps included routers as routers of their own

@@ -8,7 +8,7 @@ string forms are accepted.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
@@ -381,6 +381,32 @@ class OrphanedJob(BaseModel):
     worker: UUID = Field(description="the dead worker's id (its `worker started` log line)")
     last_heartbeat: datetime
     silent_seconds: float = Field(description="seconds since the worker's last heartbeat")
+
+
+class Instance(BaseModel):
+    id: UUID = Field(description="made by the process at start; its log shows it nowhere else")
+    role: Literal["api", "worker", "up"] = Field(
+        description="api: a `tragwerk api` worker process; worker: `tragwerk worker`;"
+        " up: `tragwerk up` (API and worker in one process)"
+    )
+    host: str
+    pid: int
+    version: str
+    address: str | None = Field(
+        description="where its /health and /metrics answer (host:port), if it serves them"
+    )
+    started_at: datetime
+    heartbeat_at: datetime
+    stopped_at: datetime | None
+    state: Literal["up", "lost", "stopped"] = Field(
+        description="lost: no heartbeat for three TRAGWERK_INSTANCE_HEARTBEAT_SECONDS"
+        " and no clean stop (killed, its host gone)"
+    )
+    silent_seconds: float = Field(description="seconds since its last heartbeat")
+    modules: dict[str, Any] = Field(
+        description="its checks at the last heartbeat: database, cache_feed, rate_limit,"
+        " worker, tasks (API); database, queue, smtp, running_jobs, breakers_open (worker)"
+    )
 
 
 class RequeueJobs(Body):

@@ -21,6 +21,7 @@ from tragwerk.ratelimit.limiter import RequestLimiter
 from tragwerk.settings import Settings
 from tragwerk.store.changes import ChangeFeed
 from tragwerk.store.database import check_ready, warm_pool
+from tragwerk.store.instances import InstanceRecorder, InstanceStore
 from tragwerk.store.queries.cases import CaseStore
 from tragwerk.store.queries.directory import DirectoryStore
 from tragwerk.store.queries.jobs import JobStore
@@ -55,6 +56,7 @@ class Services:
     webhooks: WebhookStore
     notifications: NotificationStore
     jobs: JobStore
+    instances: InstanceStore
     caches: Caches
     reads: CachedReads
     feed: ChangeFeed | None
@@ -69,6 +71,8 @@ class Services:
     server_state: ServerState | None = None
     # name -> background work started and stopped with the app (e.g. "worker")
     background: dict[str, Background] = field(default_factory=dict)
+    # This process's row in `instances` (GET /v1/admin/instances); None: not recorded.
+    recorder: InstanceRecorder | None = None
     readiness: ReadinessProbe = field(init=False)
 
     def __post_init__(self) -> None:
@@ -88,14 +92,33 @@ class Services:
             # Not fatal: the supervisor keeps trying, and readiness says how it goes.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(work.started.wait(), STARTUP_WAIT_SECONDS)
+        if self.recorder is not None:
+            self.supervisor.start("instance", self.recorder.run)
         if self.server_state is not None:
             self.server_state.mark_started()
 
     async def stop(self) -> None:
         await self.supervisor.stop()
+        if self.recorder is not None:
+            await self.recorder.stopped()
         if self.limiter is not None:
             await self.limiter.close()
         await self.engine.dispose()
+
+    async def checks(self) -> dict[str, str]:
+        """This process's checks: /health/ready answers them, the instance record keeps
+        them. Only `database` and `tasks` decide readiness (see routes/health.py)."""
+        checks = {"database": await self.readiness.database()}
+        self.metrics.module_up.labels("store").set(1 if checks["database"] == "ok" else 0)
+        # Reported, not failed on: without its feed the cache steps aside and every read
+        # goes to the database, which is slower but still correct.
+        checks["cache_feed"] = self.cache_state()
+        checks["rate_limit"] = self.rate_limit_state()
+        for name in self.background:
+            checks[name] = await self.supervisor.describe(name)
+        looping = self.supervisor.crash_looping
+        checks["tasks"] = f"crash-looping: {', '.join(looping)}" if looping else "ok"
+        return checks
 
     def rate_limit_state(self) -> str:
         if self.limiter is None:

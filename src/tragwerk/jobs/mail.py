@@ -64,6 +64,8 @@ class Mailer:
         # Module "smtp": down from a send that could not reach the server (or that it
         # refused with a 4xx) until the next accepted one; the TragwerkModuleDown alert.
         self._reporter = reporter or SilentReporter()
+        self.healthy: bool | None = None  # None until the first send
+
         self._implicit_tls = parts.scheme == "smtps"
         self._host = parts.hostname or "localhost"
         self._port = parts.port or (465 if self._implicit_tls else 25)
@@ -106,21 +108,25 @@ class Mailer:
                 timeout=self._timeout,
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:
-            self._reporter.set_healthy(True)  # it answered; the recipient is the problem
+            self._state(True)  # it answered; the recipient is the problem
             codes = [r.code for r in exc.recipients]
             if all(400 <= c < 500 for c in codes):
                 raise Retryable(f"recipient deferred: {exc}") from exc
             raise Permanent(f"recipient refused: {exc}") from exc
         except aiosmtplib.SMTPResponseException as exc:
             if 400 <= exc.code < 500:
-                self._reporter.set_healthy(False)
+                self._state(False)
                 self._reporter.count("deferred")
                 raise Retryable(f"SMTP {exc.code}: {exc.message}") from exc
-            self._reporter.set_healthy(True)
+            self._state(True)
             raise Permanent(f"SMTP {exc.code}: {exc.message}") from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            self._reporter.set_healthy(False)
+            self._state(False)
             self._reporter.count("unreachable")
             raise Retryable(f"SMTP unreachable: {type(exc).__name__}: {exc}") from exc
-        self._reporter.set_healthy(True)
+        self._state(True)
         self._reporter.count("sent")
+
+    def _state(self, healthy: bool) -> None:
+        self.healthy = healthy
+        self._reporter.set_healthy(healthy)

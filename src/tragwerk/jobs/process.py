@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import signal
 import socket
+from typing import Any
 
 import orjson
 import structlog
@@ -23,10 +24,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+import tragwerk
 from tragwerk.jobs.worker import Worker
 from tragwerk.monitoring.metrics import CONTENT_TYPE, Metrics
+from tragwerk.monitoring.supervisor import Supervisor, SupervisorCollector
 from tragwerk.settings import Settings
 from tragwerk.store.database import check_ready, create_engine
+from tragwerk.store.instances import InstanceRecorder, InstanceStore
 
 log = structlog.get_logger("tragwerk.worker")
 
@@ -54,6 +58,18 @@ def health_app(worker: Worker) -> Starlette:
             Route("/metrics", metrics),
         ]
     )
+
+
+async def worker_states(worker: Worker) -> dict[str, Any]:
+    """What a worker's instance record shows (GET /v1/admin/instances, /ops)."""
+    states: dict[str, Any] = {
+        "database": await check_ready(worker.engine),
+        "queue": await worker.ready(),
+        "smtp": worker.mail_state(),
+        "running_jobs": worker.running_jobs,
+        "breakers_open": sorted(worker.breakers.not_closed()),
+    }
+    return states
 
 
 PORTS_TRIED = 50  # a busy port: this many above it are tried before giving up
@@ -96,11 +112,21 @@ async def serve_worker(settings: Settings, database_url: str, concurrency: int) 
     server: uvicorn.Server | None = None
     server_task: asyncio.Task[None] | None = None
     failed = False
+    supervisor = Supervisor()
+    worker.metrics.registry.register(SupervisorCollector(supervisor))
+    recorder = InstanceRecorder(
+        InstanceStore(engine),
+        role="worker",
+        version=tragwerk.__version__,
+        states=lambda: worker_states(worker),
+        interval=settings.instance_heartbeat_seconds,
+    )
     try:
         await worker.start()
         if settings.worker_port is not None:
             sock = bind_health_port(settings.host, settings.worker_port)
             host, port = sock.getsockname()[:2]
+            recorder.address = f"{host}:{port}"
             log.info("worker health and metrics", url=f"http://{host}:{port}/metrics")
             server = uvicorn.Server(
                 uvicorn.Config(
@@ -111,6 +137,7 @@ async def serve_worker(settings: Settings, database_url: str, concurrency: int) 
                 )
             )
             server_task = asyncio.create_task(server.serve(sockets=[sock]))
+        supervisor.start("instance", recorder.run)
         waiters = {asyncio.create_task(stop.wait()), asyncio.create_task(worker.wait())}
         done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
@@ -122,11 +149,13 @@ async def serve_worker(settings: Settings, database_url: str, concurrency: int) 
         if failed:
             log.error("the queue connection failed; stopping so that a supervisor restarts us")
     finally:
+        await supervisor.stop()
         if server is not None and server_task is not None:
             server.should_exit = True
             with contextlib.suppress(BaseException):
                 await server_task
         await worker.stop()
+        await recorder.stopped()
         await engine.dispose()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

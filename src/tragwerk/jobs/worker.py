@@ -80,6 +80,7 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self._run: asyncio.Task[None] | None = None
         self._deliverer: Deliverer | None = None
+        self._mailer: Mailer | None = None
         self.connected = False
         self.failed = False
 
@@ -95,12 +96,26 @@ class Worker:
             return min(self.settings.worker_batch, self.concurrency)
         return max(1, min(100, self.concurrency))
 
+    @property
+    def running_jobs(self) -> int:
+        return self._runner.running if self._runner is not None else 0
+
+    def mail_state(self) -> str:
+        """'ok', 'failing' (the last send did not reach the server or it deferred),
+        'not used yet' or 'off' (no TRAGWERK_SMTP_URL)."""
+        if self._mailer is None:
+            return "off"
+        if self._mailer.healthy is None:
+            return "not used yet"
+        return "ok" if self._mailer.healthy else "failing"
+
     def _handlers(self) -> Handlers:
         s = self.settings
         mailer = None
         if s.smtp_url:
             smtp = self.metrics.module("smtp")
             mailer = Mailer(s.smtp_url, s.mail_from, s.smtp_timeout_seconds, smtp)
+        self._mailer = mailer
         self._deliverer = Deliverer(
             AddressGuard(s.webhook_allow_hosts),
             self.breakers,

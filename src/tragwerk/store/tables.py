@@ -188,3 +188,19 @@ rate_limit_audit = Table(
         "changed_by_service_client", BigInteger, ForeignKey("service_clients.id"), nullable=True
     ),
 )
+
+# Every process's own record (migration 0007, tragwerk.store.instances).
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("role", Text, nullable=False),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("version", Text, nullable=False),
+    Column("address", Text, nullable=True),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+    Column("stopped_at", DateTime(timezone=True), nullable=True),
+    Column("modules", JSONB, nullable=False),
+)

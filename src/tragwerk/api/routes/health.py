@@ -43,20 +43,10 @@ async def live(svc: Svc) -> Response:
     },
 )
 async def ready(svc: Svc) -> Response:
-    checks = {"database": await svc.readiness.database()}
-    healthy = checks["database"] == "ok"
-    svc.metrics.module_up.labels("store").set(1 if healthy else 0)
-    if not healthy:
+    checks = await svc.checks()
+    if checks["database"] != "ok":
         log.warning("readiness check failed", check="database", error=checks["database"])
-    # Reported, not failed on: without its feed the cache steps aside and every read
-    # goes to the database, which is slower but still correct.
-    checks["cache_feed"] = svc.cache_state()
-    checks["rate_limit"] = svc.rate_limit_state()
-    for name in svc.background:
-        checks[name] = await svc.supervisor.describe(name)
-    looping = svc.supervisor.crash_looping
-    checks["tasks"] = f"crash-looping: {', '.join(looping)}" if looping else "ok"
-    ok = checks["database"] == "ok" and not looping
+    ok = checks["database"] == "ok" and checks["tasks"] == "ok"
     if svc.server_state is not None and svc.server_state.draining():
         # Stopping (SIGTERM): out of rotation first, while requests are still served.
         checks["server"] = "draining"
