@@ -12,10 +12,13 @@ import tragwerk
 from tragwerk.api.app import create_app
 from tragwerk.api.cached import CachedReads
 from tragwerk.api.limit_sync import LimitSync
+from tragwerk.api.self_alerting import SelfAlerting
 from tragwerk.api.server_state import ServerState, ServerStateCollector
 from tragwerk.api.services import Services
 from tragwerk.cache.caches import Caches
+from tragwerk.monitoring.alerts import Claims
 from tragwerk.monitoring.metrics import Metrics
+from tragwerk.monitoring.notify import FallbackClaims, Notifier, RedisClaims
 from tragwerk.monitoring.supervisor import Backoff, Supervisor, SupervisorCollector
 from tragwerk.ratelimit.admission import Admission
 from tragwerk.ratelimit.budget import SharedBudget
@@ -24,6 +27,7 @@ from tragwerk.ratelimit.local_windows import LocalWindows
 from tragwerk.ratelimit.policy import FailMode, Tier, TierPolicy, parse_limit
 from tragwerk.ratelimit.windows import WindowStore
 from tragwerk.settings import Settings
+from tragwerk.store.alert_claims import DatabaseClaims
 from tragwerk.store.changes import ChangeFeed
 from tragwerk.store.database import create_engine
 from tragwerk.store.instances import InstanceRecorder, InstanceStore
@@ -164,6 +168,8 @@ def build_app(
         interval=settings.instance_heartbeat_seconds,
         address=f"{settings.host}:{settings.port}",
     )
+    if settings.alert_webhook_url or settings.alert_emails:
+        services.tasks["alerting"] = build_alerting(services).run
     if with_worker:
         from tragwerk.jobs.worker import EmbeddedWorker
 
@@ -171,6 +177,26 @@ def build_app(
             settings, database_url, services.engine, services.metrics
         )
     return create_app(services)
+
+
+def build_alerting(services: Services) -> SelfAlerting:
+    """Alerts without Prometheus, to TRAGWERK_ALERT_WEBHOOK_URL and TRAGWERK_ALERT_EMAILS."""
+    settings = services.settings
+    notifier = Notifier(
+        services.metrics.module("alerting"),
+        webhook_url=settings.alert_webhook_url,
+        emails=settings.alert_emails,
+        smtp_url=settings.smtp_url,
+        mail_from=settings.mail_from,
+        external_url=f"http://{settings.host}:{settings.port}",
+    )
+    stores: list[Claims] = [DatabaseClaims(services.engine)]
+    if settings.redis_url:
+        from redis.asyncio import Redis
+
+        redis = Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
+        stores.append(RedisClaims(redis, settings.redis_namespace))
+    return SelfAlerting(services, notifier, FallbackClaims(*stores))
 
 
 def app_from_env(*, with_worker: bool = False) -> FastAPI:

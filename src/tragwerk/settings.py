@@ -44,6 +44,17 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
     return value
 
 
+def _check_alerting(settings: Settings) -> None:
+    url = settings.alert_webhook_url
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise SettingsError("TRAGWERK_ALERT_WEBHOOK_URL must start with http:// or https://")
+    if settings.alert_emails and settings.smtp_url is None:
+        raise SettingsError("TRAGWERK_ALERT_EMAILS needs TRAGWERK_SMTP_URL to send them")
+    for address in settings.alert_emails:
+        if address.count("@") != 1 or any(c.isspace() or c in '<>"' for c in address):
+            raise SettingsError(f"TRAGWERK_ALERT_EMAILS: {address!r} is not an address")
+
+
 def _networks(env: Mapping[str, str], name: str) -> tuple[IPNetwork, ...]:
     """Comma-separated addresses or CIDR blocks; an address stands for itself alone."""
     networks = []
@@ -151,6 +162,14 @@ class Settings:
     # Every process records itself (GET /v1/admin/instances) this often; three missed
     # heartbeats show it as lost.
     instance_heartbeat_seconds: float = 10.0
+    # Alerts without Prometheus (tragwerk.api.self_alerting): off unless a webhook URL
+    # or email addresses are set.
+    alert_webhook_url: str | None = None
+    alert_emails: tuple[str, ...] = ()
+    alert_evaluate_seconds: float = 15.0
+    alert_repeat_seconds: float = 14400.0  # warnings: every 4 hours while they fire
+    alert_repeat_critical_seconds: float = 3600.0
+    alert_for_scale: float = 1.0  # multiplies every condition's `for` (tests, demos)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -234,6 +253,16 @@ class Settings:
             instance_heartbeat_seconds=_float(
                 env, "TRAGWERK_INSTANCE_HEARTBEAT_SECONDS", 10.0, 0.1
             ),
+            alert_webhook_url=env.get("TRAGWERK_ALERT_WEBHOOK_URL") or None,
+            alert_emails=tuple(
+                a.strip() for a in (env.get("TRAGWERK_ALERT_EMAILS") or "").split(",") if a.strip()
+            ),
+            alert_evaluate_seconds=_float(env, "TRAGWERK_ALERT_EVALUATE_SECONDS", 15.0, 0.1),
+            alert_repeat_seconds=_float(env, "TRAGWERK_ALERT_REPEAT_SECONDS", 14400.0, 1.0),
+            alert_repeat_critical_seconds=_float(
+                env, "TRAGWERK_ALERT_REPEAT_CRITICAL_SECONDS", 3600.0, 1.0
+            ),
+            alert_for_scale=_float(env, "TRAGWERK_ALERT_FOR_SCALE", 1.0, 0.0),
         )
         for name in ("limit_anonymous", "limit_external", "limit_internal", "limit_auth_failures"):
             problem = rate_problem(getattr(settings, name))
@@ -247,6 +276,7 @@ class Settings:
             ("smtp://", "smtps://")
         ):
             raise SettingsError("TRAGWERK_SMTP_URL must start with smtp:// or smtps://")
+        _check_alerting(settings)
         if settings.forwarded_header not in {"x-forwarded-for", "forwarded"}:
             raise SettingsError("TRAGWERK_FORWARDED_HEADER must be x-forwarded-for or forwarded")
         if settings.header_read_timeout_seconds > 60:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -71,6 +72,8 @@ class Services:
     server_state: ServerState | None = None
     # name -> background work started and stopped with the app (e.g. "worker")
     background: dict[str, Background] = field(default_factory=dict)
+    # More long-lived tasks for the supervisor, by name (e.g. "alerting").
+    tasks: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
     # This process's row in `instances` (GET /v1/admin/instances); None: not recorded.
     recorder: InstanceRecorder | None = None
     readiness: ReadinessProbe = field(init=False)
@@ -94,6 +97,8 @@ class Services:
                 await asyncio.wait_for(work.started.wait(), STARTUP_WAIT_SECONDS)
         if self.recorder is not None:
             self.supervisor.start("instance", self.recorder.run)
+        for name, run in self.tasks.items():
+            self.supervisor.start(name, run)
         if self.server_state is not None:
             self.server_state.mark_started()
 

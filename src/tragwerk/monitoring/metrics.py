@@ -197,6 +197,13 @@ class HttpMetrics(Collector):
         self._requests[key] = self._requests.get(key, 0) + 1
         self._seconds.observe((route, method), seconds)
 
+    def status_counts(self) -> dict[int, int]:
+        """Requests served so far by status code, all routes together."""
+        counts: dict[int, int] = {}
+        for (_route, _method, status), n in list(self._requests.items()):
+            counts[status] = counts.get(status, 0) + n
+        return counts
+
     def collect(self) -> Iterable[Metric]:
         yield counter_family(
             "tragwerk_http_requests",

@@ -204,3 +204,11 @@ instances = Table(
     Column("stopped_at", DateTime(timezone=True), nullable=True),
     Column("modules", JSONB, nullable=False),
 )
+
+# Alert notifications sent lately (migration 0008, tragwerk.store.alert_claims).
+alert_claims = Table(
+    "alert_claims",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("claimed_until", DateTime(timezone=True), nullable=False),
+)
