@@ -32,6 +32,7 @@ from tragwerk.store.changes import ChangeFeed
 from tragwerk.store.database import create_engine
 from tragwerk.store.instances import InstanceRecorder, InstanceStore
 from tragwerk.store.queries.cases import CaseStore
+from tragwerk.store.queries.deliveries import DeliveryStore
 from tragwerk.store.queries.directory import DirectoryStore
 from tragwerk.store.queries.jobs import JobStore
 from tragwerk.store.queries.limits import LimitStore
@@ -99,6 +100,7 @@ def build_services(
         notifications=NotificationStore(engine),
         jobs=JobStore(engine),
         instances=InstanceStore(engine),
+        deliveries=DeliveryStore(engine),
         caches=caches,
         reads=CachedReads(caches, directory),
         feed=feed,
@@ -164,12 +166,14 @@ def build_app(
         services.instances,
         role="up" if with_worker else "api",
         version=tragwerk.__version__,
-        states=services.checks,
+        states=services.instance_states,
         interval=settings.instance_heartbeat_seconds,
         address=f"{settings.host}:{settings.port}",
     )
     if settings.alert_webhook_url or settings.alert_emails:
-        services.tasks["alerting"] = build_alerting(services).run
+        alerting = build_alerting(services)
+        services.tasks["alerting"] = alerting.run
+        services.alerts_firing = alerting.book.firing
     if with_worker:
         from tragwerk.jobs.worker import EmbeddedWorker
 
@@ -196,6 +200,8 @@ def build_alerting(services: Services) -> SelfAlerting:
 
         redis = Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
         stores.append(RedisClaims(redis, settings.redis_namespace))
+        services.stoppers.append(redis.aclose)
+    services.stoppers.append(notifier.close)
     return SelfAlerting(services, notifier, FallbackClaims(*stores))
 
 

@@ -86,7 +86,8 @@ def exported_names(text: str) -> set[str]:
     return names
 
 
-async def test_the_rules_name_only_metrics_tragwerk_exports(api: Any, database_url: str) -> None:
+async def all_exported(api: Any, database_url: str) -> set[str]:
+    """Every series name an API process and a worker (with SMTP) export."""
     exported = exported_names((await api.client.get("/metrics")).text)
     # A server's own figures (respawns), shown when the app is served by `tragwerk api`.
     server = ServerState.create(workers=1)
@@ -103,18 +104,68 @@ async def test_the_rules_name_only_metrics_tragwerk_exports(api: Any, database_u
         await worker.start()
         try:
             exported |= exported_names(worker.metrics.render().decode())
+            states = re.findall(
+                r'tragwerk_module_up\{module="(\w+)"\}', worker.metrics.render().decode()
+            )
         finally:
             await worker.stop()
             await engine.dispose()
+    # The modules the module rules name are ones that report a state.
+    assert {"worker", "smtp"} <= set(states)
+    return exported
+
+
+async def test_the_rules_name_only_metrics_tragwerk_exports(api: Any, database_url: str) -> None:
+    exported = await all_exported(api, database_url)
     named: set[str] = set()
     for group in yaml.safe_load(RULES.read_text())["groups"]:
         for rule in group["rules"]:
             named |= set(re.findall(r"\btragwerk_[a-z_]+", rule["expr"]))
     assert named, "no tragwerk metric in the rules"
     assert named <= exported, f"not exported by tragwerk: {sorted(named - exported)}"
-    # And the modules the module rule names are the ones that report a state.
-    states = re.findall(r'tragwerk_module_up\{module="(\w+)"\}', worker.metrics.render().decode())
-    assert {"worker", "smtp"} <= set(states)
+
+
+DASHBOARD = ROOT / "deploy" / "grafana" / "tragwerk.json"
+PROMETHEUS_OWN = {"up", "ALERTS"}  # series Prometheus makes itself
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [
+        (panel["title"], target["expr"])
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+    ]
+
+
+def test_every_dashboard_query_parses(tmp_path: Path) -> None:
+    """Each panel's PromQL, wrapped as a recording rule, passes `promtool check rules`."""
+    queries = dashboard_queries()
+    assert len(queries) >= 15
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:panel_{i}", "expr": expr}
+                    for i, (_title, expr) in enumerate(queries)
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    assert f"SUCCESS: {len(queries)} rules found" in promtool("check", "rules", str(path))
+
+
+async def test_the_dashboard_names_only_metrics_tragwerk_exports(
+    api: Any, database_url: str
+) -> None:
+    exported = await all_exported(api, database_url)
+    for title, expr in dashboard_queries():
+        names = set(re.findall(r"\b(tragwerk_[a-z_]+|up|ALERTS)\b(?=[{\[ )]|$)", expr))
+        assert names, title
+        assert names - PROMETHEUS_OWN <= exported, (title, sorted(names - exported))
 
 
 # --- the live run ----------------------------------------------------------------------

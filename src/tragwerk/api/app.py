@@ -24,6 +24,7 @@ from tragwerk.api.routes import (
     health,
     instances,
     jobs,
+    ops,
     reference,
     users,
     webhooks,
@@ -75,7 +76,7 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     errors.install(app)
-    modules = (health, cases, reference, users, webhooks, admin, jobs, instances)
+    modules = (health, cases, reference, users, webhooks, admin, jobs, instances, ops)
     for module in modules:
         app.include_router(module.router)
     # Taken from the routers: FastAPI keeps included routers as routers of their own

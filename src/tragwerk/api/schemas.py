@@ -302,6 +302,34 @@ class Webhook(BaseModel):
     created_at: datetime
 
 
+class DeliveryAttempt(BaseModel):
+    attempted_at: datetime
+    duration_ms: float
+    response_code: int | None = Field(description="the receiver's status; null: no answer")
+    outcome: Literal["delivered", "retrying", "held"]
+    error: str | None
+    redelivery: bool = Field(description="made for POST .../redeliver")
+
+
+class Delivery(BaseModel):
+    id: int
+    subscription_id: int
+    event_id: str = Field(description="the idempotency key: X-Tragwerk-Event-Id")
+    event_type: str
+    created_at: datetime
+    state: Literal["pending", "delivered", "retrying", "held"]
+    attempts: int
+    last_attempt_at: datetime | None
+    delivered_at: datetime | None
+    attempt_log: list[DeliveryAttempt] = Field(description="the newest 20 attempts, oldest first")
+
+
+class Redelivery(BaseModel):
+    delivery_id: int
+    job_id: int
+    event_id: str
+
+
 class Notification(BaseModel):
     id: int
     user_id: int

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -24,6 +24,7 @@ from tragwerk.store.changes import ChangeFeed
 from tragwerk.store.database import check_ready, warm_pool
 from tragwerk.store.instances import InstanceRecorder, InstanceStore
 from tragwerk.store.queries.cases import CaseStore
+from tragwerk.store.queries.deliveries import DeliveryStore
 from tragwerk.store.queries.directory import DirectoryStore
 from tragwerk.store.queries.jobs import JobStore
 from tragwerk.store.queries.notifications import NotificationStore
@@ -58,6 +59,7 @@ class Services:
     notifications: NotificationStore
     jobs: JobStore
     instances: InstanceStore
+    deliveries: DeliveryStore
     caches: Caches
     reads: CachedReads
     feed: ChangeFeed | None
@@ -74,6 +76,10 @@ class Services:
     background: dict[str, Background] = field(default_factory=dict)
     # More long-lived tasks for the supervisor, by name (e.g. "alerting").
     tasks: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
+    # Called at stop, after the tasks have stopped (e.g. the alert notifier's sends).
+    stoppers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # The alerts firing now as this process's self-alerting sees them; None: it is off.
+    alerts_firing: Callable[[], list[dict[str, Any]]] | None = None
     # This process's row in `instances` (GET /v1/admin/instances); None: not recorded.
     recorder: InstanceRecorder | None = None
     readiness: ReadinessProbe = field(init=False)
@@ -104,6 +110,8 @@ class Services:
 
     async def stop(self) -> None:
         await self.supervisor.stop()
+        for stopper in self.stoppers:
+            await stopper()
         if self.recorder is not None:
             await self.recorder.stopped()
         if self.limiter is not None:
@@ -124,6 +132,19 @@ class Services:
         looping = self.supervisor.crash_looping
         checks["tasks"] = f"crash-looping: {', '.join(looping)}" if looping else "ok"
         return checks
+
+    async def instance_states(self) -> dict[str, Any]:
+        """What this process's instance record shows: its checks, and for `tragwerk up`
+        what the in-process worker did (jobs by outcome, SMTP, open breakers)."""
+        states: dict[str, Any] = dict(await self.checks())
+        worker = getattr(self.background.get("worker"), "current", None)
+        if worker is not None:
+            states["smtp"] = worker.mail_state()
+            states["running_jobs"] = worker.running_jobs
+            states["breakers_open"] = sorted(worker.breakers.not_closed())
+        if self.background:
+            states["jobs"] = self.metrics.jobs.totals()
+        return states
 
     def rate_limit_state(self) -> str:
         if self.limiter is None:

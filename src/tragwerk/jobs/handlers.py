@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import asyncpg
@@ -9,11 +10,13 @@ import orjson
 from pgqueuer.domain.models import Job
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tragwerk.domain.events import RetryPolicy
 from tragwerk.jobs.mail import Mailer
-from tragwerk.jobs.outcome import Permanent
+from tragwerk.jobs.outcome import Deferred, Permanent
 from tragwerk.jobs.runner import Handler
 from tragwerk.jobs.webhooks import Deliverer
 from tragwerk.store.outbox import CASE_EVENT, EMAIL, NOOP, NOTIFICATION_ONLY, WEBHOOK
+from tragwerk.store.queries.deliveries import record_attempt
 from tragwerk.store.queries.events import fan_out, subscription_target
 from tragwerk.store.queries.notifications import insert_plain
 
@@ -23,8 +26,11 @@ class Handlers:
     engine: AsyncEngine
     mailer: Mailer | None
     deliverer: Deliverer
-    # asyncpg pool for single statements that need no SQLAlchemy (the benchmark job)
+    # asyncpg pool for single statements that need no SQLAlchemy (the delivery log, the
+    # benchmark job)
     direct: asyncpg.Pool
+    # Decides whether a failed attempt was the last one (then the delivery is held).
+    policy: RetryPolicy
 
     def by_kind(self) -> dict[str, Handler]:
         return {
@@ -50,7 +56,31 @@ class Handlers:
         if target is None:
             return  # deleted or deactivated since the event: nothing to deliver
         url, secret = target
-        await self.deliverer.deliver(url, secret, delivery)
+        delivery_id = delivery.get("delivery_id")  # None: queued before the delivery log
+        started = time.perf_counter()
+        outcome, code, error = "delivered", None, None
+        try:
+            code = await self.deliverer.deliver(url, secret, delivery)
+        except Deferred:
+            delivery_id = None  # no call was made: not an attempt, nothing to log
+            raise
+        except Exception as exc:
+            held = isinstance(exc, Permanent) or self.policy.gives_up_after(job.attempts)
+            outcome = "held" if held else "retrying"
+            code = getattr(exc, "status", None)
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            if delivery_id is not None:
+                await record_attempt(
+                    self.direct,
+                    delivery_id,
+                    duration_ms=(time.perf_counter() - started) * 1000,
+                    response_code=code,
+                    outcome=outcome,
+                    error=error,
+                    redelivery=bool(delivery.get("redelivery")),
+                )
 
     async def noop(self, job: Job) -> None:
         """Does nothing: measures the queue itself (bench/jobs.py)."""

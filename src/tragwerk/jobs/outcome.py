@@ -23,15 +23,21 @@ from tragwerk.domain.events import RetryPolicy
 
 
 class Retryable(Exception):
-    """Another attempt may succeed; `after` is the receiver's own wait, if it gave one."""
+    """Another attempt may succeed; `after` is the receiver's own wait, if it gave one;
+    `status` its answer's status code, if it answered."""
 
-    def __init__(self, message: str, after: float | None = None) -> None:
+    def __init__(self, message: str, after: float | None = None, status: int | None = None) -> None:
         super().__init__(message)
         self.after = after
+        self.status = status
 
 
 class Permanent(Exception):
     """Another attempt would fail the same way; hold the job now."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Deferred(Exception):

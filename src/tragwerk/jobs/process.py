@@ -67,6 +67,7 @@ async def worker_states(worker: Worker) -> dict[str, Any]:
         "queue": await worker.ready(),
         "smtp": worker.mail_state(),
         "running_jobs": worker.running_jobs,
+        "jobs": worker.metrics.jobs.totals(),
         "breakers_open": sorted(worker.breakers.not_closed()),
     }
     return states

@@ -103,10 +103,10 @@ class Deliverer:
                 if status >= 500:
                     self._breakers.failed(host)
                 after = retry_after_seconds(retry_after, datetime.now(UTC), self._retry_ceiling)
-                raise Retryable(f"receiver answered {status}", after=after)
+                raise Retryable(f"receiver answered {status}", after=after, status=status)
             # The receiver is up and answered; the request itself is refused.
             self._breakers.succeeded(host)
-            raise Permanent(f"receiver answered {status}; not retried")
+            raise Permanent(f"receiver answered {status}; not retried", status=status)
         finally:
             self._breakers.release(host)
 

@@ -36,6 +36,7 @@ from tragwerk.resilience.breaker import CircuitBreakers
 from tragwerk.resilience.ssrf import AddressGuard
 from tragwerk.settings import Settings
 from tragwerk.store.changes import plain_url
+from tragwerk.store.queries.deliveries import DeliveryStore
 from tragwerk.store.queries.jobs import JobStore
 from tragwerk.store.queries.sla import raise_alerts
 
@@ -49,6 +50,7 @@ LISTENER_CHECK_SECONDS = 2.0
 LISTENER_PROBE_SECONDS = 3.0
 LOG_PRUNE_SECONDS = 600.0
 LISTENER_FAILURES_ALLOWED = 3
+POOL_CLOSE_SECONDS = 10.0
 # A receiver's Retry-After is honoured up to this; beyond, it is taken as this.
 RETRY_AFTER_CEILING_SECONDS = 3600.0
 
@@ -71,6 +73,7 @@ class Worker:
         self.concurrency = concurrency or settings.worker_concurrency
         self.sla_monitor = sla_monitor
         self.jobs = JobStore(engine)
+        self.deliveries = DeliveryStore(engine)
         self.breakers = CircuitBreakers(settings.breaker_threshold, settings.breaker_open_seconds)
         self.reporter = metrics.module("worker")
         self._breaker_metrics = BreakerCollector(self.breakers)
@@ -124,7 +127,8 @@ class Worker:
             retry_ceiling=RETRY_AFTER_CEILING_SECONDS,
         )
         assert self._direct is not None
-        return Handlers(self.engine, mailer, self._deliverer, self._direct)
+        policy = RetryPolicy(s.job_max_attempts, s.job_retry_base_seconds, s.job_retry_cap_seconds)
+        return Handlers(self.engine, mailer, self._deliverer, self._direct, policy)
 
     async def start(self) -> None:
         s = self.settings
@@ -234,10 +238,17 @@ class Worker:
             with contextlib.suppress(BaseException):
                 await task
         if self._deliverer is not None:
-            await self._deliverer.close()
+            with contextlib.suppress(Exception):
+                await self._deliverer.close()
         for pool in (self._pool, self._direct):
             if pool is not None:
-                await pool.close()
+                # After a crash (the database went away) a graceful close can fail or
+                # hang; every connection must still be closed, or its socket leaks.
+                try:
+                    await asyncio.wait_for(pool.close(), POOL_CLOSE_SECONDS)
+                except Exception as exc:  # noqa: BLE001 - terminated instead
+                    log.warning("closing a pool failed; terminating it", error=repr(exc))
+                    pool.terminate()
         with contextlib.suppress(KeyError):  # a start that failed before registering
             self.metrics.registry.unregister(self._breaker_metrics)
 
@@ -274,6 +285,7 @@ class Worker:
                 now = asyncio.get_running_loop().time()
                 if now >= next_prune:
                     pruned = await self.jobs.prune_log(keep)
+                    pruned += await self.deliveries.prune(keep)
                     # Keep going while there is a backlog; otherwise look again later.
                     next_prune = now if pruned else now + LOG_PRUNE_SECONDS
                     if pruned:

@@ -160,6 +160,10 @@ class AlertBook:
                 del self.alerts[key]  # pending only: it never fired, nobody was told
         return [Notification(name, alerts) for name, alerts in sorted(due.items())]
 
+    def firing(self) -> list[dict[str, Any]]:
+        """The alerts firing now, as the webhook shows them (for /ops)."""
+        return [a.payload() for a in self.alerts.values() if a.firing and a.resolved_at is None]
+
     def _repeat(self, alert: Alert) -> float:
         severity = alert.condition.labels.get("severity", "warning")
         return self.repeat_seconds.get(severity, max(self.repeat_seconds.values()))

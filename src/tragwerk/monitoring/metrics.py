@@ -307,6 +307,13 @@ class JobMetrics(Collector):
         self._outcomes[key] = self._outcomes.get(key, 0) + 1
         self._durations.observe((kind,), seconds)
 
+    def totals(self) -> dict[str, int]:
+        """Job runs of this process so far by outcome, all kinds together."""
+        totals: dict[str, int] = {}
+        for (_kind, outcome), n in list(self._outcomes.items()):
+            totals[outcome] = totals.get(outcome, 0) + n
+        return totals
+
     def count(self, kind: str, outcome: str) -> int:
         return self._outcomes.get((kind, outcome), 0)
 

@@ -64,10 +64,16 @@ class Notifier:
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def drain(self, within: float) -> None:
-        """Let notifications under way finish (at a clean stop), for up to `within` s."""
-        if self._sending:
-            await asyncio.wait(set(self._sending), timeout=within)
+    async def close(self, within: float = 5.0) -> None:
+        """At a stop: let notifications under way finish for up to `within` seconds,
+        then cancel the rest (their connections are closed as they unwind)."""
+        pending = set(self._sending)
+        if pending:
+            _done, pending = await asyncio.wait(pending, timeout=within)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def send(self, notification: Notification) -> None:
         targets = []

@@ -20,9 +20,10 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     Uuid,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, REAL
 
 metadata = MetaData()
 
@@ -211,4 +212,44 @@ alert_claims = Table(
     metadata,
     Column("key", Text, primary_key=True),
     Column("claimed_until", DateTime(timezone=True), nullable=False),
+)
+
+# The webhook delivery log (migration 0009, tragwerk.store.queries.deliveries).
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column(
+        "subscription_id",
+        BigInteger,
+        ForeignKey("webhook_subscriptions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("event_id", Text, nullable=False),
+    Column("event_type", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("state", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("last_attempt_at", DateTime(timezone=True), nullable=True),
+    Column("delivered_at", DateTime(timezone=True), nullable=True),
+    UniqueConstraint("event_id", "subscription_id"),
+)
+
+webhook_delivery_attempts = Table(
+    "webhook_delivery_attempts",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column(
+        "delivery_id",
+        BigInteger,
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("attempted_at", DateTime(timezone=True), nullable=False),
+    Column("duration_ms", REAL, nullable=False),
+    Column("response_code", Integer, nullable=True),
+    Column("outcome", Text, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("redelivery", Boolean, nullable=False),
 )

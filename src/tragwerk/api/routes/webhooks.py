@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from starlette.responses import Response
 
 from tragwerk.api import schemas
@@ -53,6 +53,41 @@ async def update_webhook(
 async def delete_webhook(subscription_id: PathId, svc: Svc, _who: Writer) -> Response:
     await svc.webhooks.delete(subscription_id)
     return Response(status_code=204)
+
+
+@router.get(
+    "/webhook-subscriptions/{subscription_id}/deliveries",
+    response_model=list[schemas.Delivery],
+    summary="The subscription's deliveries, newest first, each with its attempts",
+    responses=problems(404, s404="No such subscription"),
+)
+async def list_deliveries(
+    subscription_id: PathId,
+    svc: Svc,
+    _who: Reader,
+    before: Annotated[
+        int | None, Query(ge=1, description="deliveries with a smaller id (the next page)")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> Response:
+    await svc.webhooks.get(subscription_id)  # 404 for an unknown subscription
+    return JSON(await svc.deliveries.listing(subscription_id, before or 2**63 - 1, limit))
+
+
+@router.post(
+    "/webhook-subscriptions/{subscription_id}/deliveries/{delivery_id}/redeliver",
+    status_code=202,
+    response_model=schemas.Redelivery,
+    summary="Send a delivery again, with the same event id (receivers deduplicate by it)",
+    responses=problems(
+        404, 409, s404="No such delivery", s409="It is already queued for redelivery"
+    ),
+)
+async def redeliver(
+    subscription_id: PathId, delivery_id: PathId, svc: Svc, _who: Writer
+) -> Response:
+    await svc.webhooks.get(subscription_id)
+    return JSON(await svc.deliveries.redeliver(subscription_id, delivery_id), status_code=202)
 
 
 @router.get(

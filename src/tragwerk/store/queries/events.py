@@ -18,6 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tragwerk.store.outbox import EMAIL, WEBHOOK, Job, enqueue
+from tragwerk.store.queries.deliveries import create_deliveries, webhook_payload
 from tragwerk.store.tables import notifications, users, webhook_subscriptions
 
 TITLES = {
@@ -139,17 +140,23 @@ async def fan_out(
             },
             option=orjson.OPT_NON_STR_KEYS,
         )
+        # The delivery log's rows, in this transaction: a delivery exists exactly when
+        # its job was queued (tragwerk reconcile checks it).
+        delivery_ids = await create_deliveries(
+            conn, event_id, event["type"], delivery.decode(), list(subscriptions)
+        )
         for subscription_id in subscriptions:
             jobs.append(
                 Job(
                     WEBHOOK,
                     orjson.dumps(
-                        {
-                            "event_id": event_id,
-                            "event_type": event["type"],
-                            "subscription_id": subscription_id,
-                            "body": delivery.decode(),
-                        }
+                        webhook_payload(
+                            event_id,
+                            event["type"],
+                            subscription_id,
+                            delivery.decode(),
+                            delivery_ids[subscription_id],
+                        )
                     ),
                     priority,
                     dedupe_key=f"webhook:{event_id}:{subscription_id}",
