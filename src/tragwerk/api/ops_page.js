@@ -59,7 +59,8 @@ function modules(map) {
   const span = el("span");
   for (const [name, value] of Object.entries(map || {})) {
     const text = typeof value === "object" ? JSON.stringify(value) : value;
-    const healthy = value === "ok" || typeof value !== "string" || value === "off";
+    const healthy = typeof value !== "string" || value.startsWith("ok") ||
+      value === "off" || value === "not used yet";
     span.appendChild(el("span", `${name}: ${text}`, `chip ${healthy ? "" : "bad"}`));
   }
   return span;
