@@ -15,7 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from tragwerk import cli_gateway
+from tragwerk import cli_gateway, cli_reconcile
 from tragwerk.settings import Settings, SettingsError
 
 if TYPE_CHECKING:  # imported where used at run time: commands stay fast to start
@@ -99,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("--data-dir", type=Path, help="embedded database directory (./var)")
 
     cli_gateway.add_parser(sub)
+    cli_reconcile.add_parser(sub)
 
     migrate = sub.add_parser("migrate", help="bring the database schema up to date")
     migrate.add_argument("--data-dir", type=Path, help="embedded database directory (./var)")
@@ -153,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911, PLR0912 - 
             return 2
         ids = None if args.all else args.ids
         return _with_database(settings, lambda url: _jobs_requeue(url, ids))
+    if command == "reconcile":
+        return _with_database(settings, lambda url: cli_reconcile.run(settings, url, args))
     if command == "token":
         return _token_command(settings, args)
     if command == "migrate":

@@ -162,6 +162,9 @@ class Settings:
     # Every process records itself (GET /v1/admin/instances) this often; three missed
     # heartbeats show it as lost.
     instance_heartbeat_seconds: float = 10.0
+    # Workers compare the last hour of case history with the queue and the delivery
+    # log this often (tragwerk reconcile); one of them at a time.
+    reconcile_seconds: float = 300.0
     # Alerts without Prometheus (tragwerk.api.self_alerting): off unless a webhook URL
     # or email addresses are set.
     alert_webhook_url: str | None = None
@@ -253,6 +256,7 @@ class Settings:
             instance_heartbeat_seconds=_float(
                 env, "TRAGWERK_INSTANCE_HEARTBEAT_SECONDS", 10.0, 0.1
             ),
+            reconcile_seconds=_float(env, "TRAGWERK_RECONCILE_SECONDS", 300.0, 1.0),
             alert_webhook_url=env.get("TRAGWERK_ALERT_WEBHOOK_URL") or None,
             alert_emails=tuple(
                 a.strip() for a in (env.get("TRAGWERK_ALERT_EMAILS") or "").split(",") if a.strip()

@@ -188,6 +188,7 @@ async def make_world(api: Api) -> World:
         "token_id": MISSING,
         "subscription_id": subscription,
         "notification_id": MISSING,
+        "delivery_id": MISSING,  # authorised callers get 404 (no worker fans anything out)
     }
     document = (await api.client.get("/openapi.json")).json()
     return World(api, callers, ids, document)

@@ -44,7 +44,7 @@ async def test_down_and_up_again(database_url: str) -> None:
     engine = create_engine(url, pool_size=1, max_overflow=0)
     try:
         await upgrade(engine)
-        assert await current_revision(engine) == "0009"
+        assert await current_revision(engine) == "0010"
         await upgrade(engine)  # a second run has nothing to do
         async with engine.connect() as conn:
 

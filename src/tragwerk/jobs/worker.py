@@ -36,8 +36,10 @@ from tragwerk.resilience.breaker import CircuitBreakers
 from tragwerk.resilience.ssrf import AddressGuard
 from tragwerk.settings import Settings
 from tragwerk.store.changes import plain_url
+from tragwerk.store.queries.cases import CaseStore
 from tragwerk.store.queries.deliveries import DeliveryStore
 from tragwerk.store.queries.jobs import JobStore
+from tragwerk.store.queries.reconcile import prune_events, reconcile
 from tragwerk.store.queries.sla import raise_alerts
 
 log = structlog.get_logger("tragwerk.worker")
@@ -51,6 +53,7 @@ LISTENER_PROBE_SECONDS = 3.0
 LOG_PRUNE_SECONDS = 600.0
 LISTENER_FAILURES_ALLOWED = 3
 POOL_CLOSE_SECONDS = 10.0
+RECONCILE_WINDOW = timedelta(hours=1)
 # A receiver's Retry-After is honoured up to this; beyond, it is taken as this.
 RETRY_AFTER_CEILING_SECONDS = 3600.0
 
@@ -168,6 +171,7 @@ class Worker:
         self._run = asyncio.create_task(self._run_jobs(), name="tragwerk-worker")
         self._tasks.append(asyncio.create_task(self._refresh_queue_stats()))
         self._tasks.append(asyncio.create_task(self._watch_listener()))
+        self._tasks.append(asyncio.create_task(self._reconcile_periodically()))
         if self.sla_monitor:
             self._tasks.append(asyncio.create_task(self._monitor_sla()))
         self.connected = True
@@ -286,6 +290,7 @@ class Worker:
                 if now >= next_prune:
                     pruned = await self.jobs.prune_log(keep)
                     pruned += await self.deliveries.prune(keep)
+                    pruned += await prune_events(self.engine, keep)
                     # Keep going while there is a backlog; otherwise look again later.
                     next_prune = now if pruned else now + LOG_PRUNE_SECONDS
                     if pruned:
@@ -293,6 +298,30 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - best effort; tried again
                 log.warning("queue upkeep failed", error=repr(exc))
             await asyncio.sleep(QUEUE_STATS_SECONDS)
+
+    async def _reconcile_periodically(self) -> None:
+        """Find lost events and deliveries of the last hour and queue them again
+        (tragwerk.store.queries.reconcile); one worker at a time, the others skip."""
+        cases = CaseStore(self.engine, self.reporter, self.settings.sla_policy)
+        while True:
+            # Jitter keeps several workers from asking for the lock at once.
+            await asyncio.sleep(self.settings.reconcile_seconds * random.uniform(0.8, 1.2))  # noqa: S311
+            try:
+                with self.reporter.operation("reconcile"):
+                    report = await reconcile(self.engine, cases.read_in, since=RECONCILE_WINDOW)
+            except Exception as exc:  # noqa: BLE001 - the next run tries again
+                log.warning("reconciliation failed", error=repr(exc))
+                continue
+            if report.gaps:
+                self.reporter.count("missing_event", len(report.missing_events))
+                self.reporter.count("missing_delivery", len(report.missing_deliveries))
+                log.error(
+                    "reconciliation found lost work and queued it again",
+                    missing_events=[e["event_id"] for e in report.missing_events][:20],
+                    missing_deliveries=[
+                        f"{d['event_id']}:{d['subscription_id']}" for d in report.missing_deliveries
+                    ][:20],
+                )
 
     async def _monitor_sla(self) -> None:
         s = self.settings

@@ -124,6 +124,9 @@ case_history = Table(
     Column("action", Text, nullable=False),
     Column("changes", JSONB, nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
+    # The event this change queued (migration 0010; NULL before it, or with events off).
+    Column("event_id", Text, nullable=True),
+    Column("event_type", Text, nullable=True),
 )
 
 webhook_subscriptions = Table(
@@ -252,4 +255,16 @@ webhook_delivery_attempts = Table(
     Column("outcome", Text, nullable=False),
     Column("error", Text, nullable=True),
     Column("redelivery", Boolean, nullable=False),
+)
+
+# Events fanned out by a worker (migration 0010, tragwerk reconcile).
+case_events = Table(
+    "case_events",
+    metadata,
+    Column("event_id", Text, primary_key=True),
+    Column("case_id", BigInteger, nullable=False),
+    Column("event_type", Text, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("fanned_out_at", DateTime(timezone=True), nullable=False),
 )

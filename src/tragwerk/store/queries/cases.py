@@ -7,6 +7,7 @@ page size.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -210,6 +211,11 @@ CASE_BY_ID = CompiledQuery(
 )
 
 
+def _event(event_id: str | None, event_type: EventType) -> dict[str, str | None]:
+    """The history row's event columns (tragwerk reconcile compares them with the queue)."""
+    return {"event_id": event_id, "event_type": event_type.value if event_id else None}
+
+
 def _actor(principal: Principal | None) -> dict[str, int | None]:
     if principal is None:
         return {"actor_user_id": None, "actor_service_client_id": None}
@@ -280,6 +286,14 @@ class CaseStore:
         case["assignees"] = (await assignees_of(conn, [case_id]))[case_id]
         return case
 
+    async def read_in(self, conn: AsyncConnection, case_id: int) -> Row | None:
+        """The case as the API shows it, in the caller's transaction; None if it is gone
+        (reconciliation builds a lost event from it)."""
+        try:
+            return await self._get(conn, case_id)
+        except NotFound:
+            return None
+
     async def _check_location(self, conn: AsyncConnection, location_id: int) -> None:
         found = await conn.scalar(select(locations.c.id).where(locations.c.id == location_id))
         if found is None:
@@ -335,6 +349,7 @@ class CaseStore:
                         case_assignees.insert(),
                         [{"case_id": case_id, "user_id": u} for u in unique_assignees],
                     )
+                event_id = self._event_id()
                 await conn.execute(
                     case_history.insert().values(
                         case_id=case_id,
@@ -346,10 +361,11 @@ class CaseStore:
                             "assignees": unique_assignees,
                         },
                         **_actor(principal),
+                        **_event(event_id, EventType.CASE_CREATED),
                     )
                 )
                 case = await self._get(conn, case_id)
-                await self._emit(conn, EventType.CASE_CREATED, case)
+                await self._emit(conn, EventType.CASE_CREATED, case, event_id=event_id)
                 return case
 
     async def _lock(self, conn: AsyncConnection, case_id: int, version: int | None) -> Row:
@@ -372,16 +388,23 @@ class CaseStore:
             )
         return dict(row)
 
+    def _event_id(self) -> str | None:
+        """The id of the event a change will queue (named in its history row), if any."""
+        return str(uuid.uuid4()) if self._emit_events else None
+
     async def _emit(
         self,
         conn: AsyncConnection,
         event_type: EventType,
         case: Row,
         recipients: Sequence[int] | None = None,
+        *,
+        event_id: str | None,
     ) -> None:
         """Record the event in this transaction: it exists exactly when the change does."""
-        if self._emit_events:
-            await enqueue(conn, [case_event(event_type, case, case["updated_at"], recipients)])
+        if event_id is not None:
+            job = case_event(event_type, case, case["updated_at"], recipients, event_id)
+            await enqueue(conn, [job])
 
     async def _bump(
         self,
@@ -399,13 +422,18 @@ class CaseStore:
             .where(cases.c.id == case_id)
             .values(**values, version=cases.c.version + 1, updated_at=func.now())
         )
+        event_id = self._event_id()
         await conn.execute(
             case_history.insert().values(
-                case_id=case_id, action=action, changes=changes, **_actor(principal)
+                case_id=case_id,
+                action=action,
+                changes=changes,
+                **_actor(principal),
+                **_event(event_id, event),
             )
         )
         case = await self._get(conn, case_id)
-        await self._emit(conn, event, case, recipients)
+        await self._emit(conn, event, case, recipients, event_id=event_id)
         return case
 
     async def update(

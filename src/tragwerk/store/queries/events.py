@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -52,6 +52,16 @@ def describe(event: dict[str, Any]) -> tuple[str, str]:
         f"SLA due:  {case['sla_due_at']}\n"
     )
     return title, body
+
+
+_RECORD_EVENT = text(
+    """
+    INSERT INTO case_events (event_id, case_id, event_type, occurred_at, body)
+    VALUES (:event_id, :case_id, :event_type,
+            CAST(CAST(:occurred_at AS text) AS timestamptz), :body)
+    ON CONFLICT (event_id) DO NOTHING
+    """
+)
 
 
 async def fan_out(
@@ -140,8 +150,18 @@ async def fan_out(
             },
             option=orjson.OPT_NON_STR_KEYS,
         )
-        # The delivery log's rows, in this transaction: a delivery exists exactly when
-        # its job was queued (tragwerk reconcile checks it).
+        # The event as fanned out, and the delivery log's rows, in this transaction: a
+        # delivery exists exactly when its job was queued (tragwerk reconcile checks it).
+        await conn.execute(
+            _RECORD_EVENT,
+            {
+                "event_id": event_id,
+                "case_id": case["id"],
+                "event_type": event["type"],
+                "occurred_at": event["occurred_at"],
+                "body": delivery.decode(),
+            },
+        )
         delivery_ids = await create_deliveries(
             conn, event_id, event["type"], delivery.decode(), list(subscriptions)
         )
