@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import create_database
-from tests.private_postgres import private_postgres
+from tests.private_postgres import PrivatePostgres, private_postgres
 from tests.processes import running
 from tests.receivers import WebhookReceiver
 from tests.services import free_port, require_program
@@ -67,51 +67,59 @@ def test_up_recovers_from_a_database_restart(tmp_path: Path) -> None:
         with running(tmp_path, "up", env=env, port=port, output=log):
             base = f"http://127.0.0.1:{port}"
             token = (tmp_path / "var" / "admin.token").read_text().strip()
-            client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"})
-            location = client.post(
-                "/v1/locations",
-                json={"name": "Depot", "country_code": "DE", "time_zone": "Europe/Berlin"},
-            ).json()["id"]
-            sub = client.post(
-                "/v1/webhook-subscriptions",
-                json={"url": receiver.url(), "secret": "s" * 32, "event_types": ["*"]},
-            )
-            assert sub.status_code == 201, sub.text
-            first = client.post("/v1/cases", json={"title": "before", "location_id": location})
-            assert first.status_code == 201, first.text
-            wait_for(lambda: len(receiver.received) >= 1, 30, "the first delivery")
+            auth = {"Authorization": f"Bearer {token}"}
+            with httpx.Client(base_url=base, headers=auth) as client:
+                recover(client, pg, receiver, log)
 
-            restarted_at = time.monotonic()
-            pg.restart("immediate")
 
-            def ready() -> bool:
-                r = client.get("/health/ready")
-                return r.status_code == 200 and r.json()["checks"]["worker"] == "ok"
+def recover(
+    client: httpx.Client, pg: PrivatePostgres, receiver: WebhookReceiver, log: Path
+) -> None:
+    """The steps of the test above, against a running `tragwerk up`."""
+    location = client.post(
+        "/v1/locations",
+        json={"name": "Depot", "country_code": "DE", "time_zone": "Europe/Berlin"},
+    ).json()["id"]
+    sub = client.post(
+        "/v1/webhook-subscriptions",
+        json={"url": receiver.url(), "secret": "s" * 32, "event_types": ["*"]},
+    )
+    assert sub.status_code == 201, sub.text
+    first = client.post("/v1/cases", json={"title": "before", "location_id": location})
+    assert first.status_code == 201, first.text
+    wait_for(lambda: len(receiver.received) >= 1, 30, "the first delivery")
 
-            wait_for(ready, 60, "ready with a working worker after the restart")
-            back_after = time.monotonic() - restarted_at
-            after = client.post("/v1/cases", json={"title": "after", "location_id": location})
-            assert after.status_code == 201, after.text
-            case_id = after.json()["id"]
-            wait_for(
-                lambda: case_id in delivered_cases(receiver),
-                60,
-                "the delivery of a change made after the restart",
-            )
-            metrics = client.get("/metrics").text
-            assert metric(metrics, "tragwerk_task_up", task="worker") == 1.0
-            assert metric(metrics, "tragwerk_task_up", task="change_feed") == 1.0
-            assert metric(metrics, "tragwerk_task_crash_looping", task="worker") == 0.0
-            assert client.get("/health/live").status_code == 200
-            # Its listener died with the database: the worker run ended with an error,
-            # which was logged with its traceback, counted, and followed by a restart.
-            assert metric(metrics, "tragwerk_task_crashes_total", task="worker") >= 1
-            crashes = [
-                entry
-                for line in log.read_text().splitlines()
-                if line.startswith("{") and (entry := json.loads(line))["event"] == "task crashed"
-            ]
-            assert crashes
-            assert crashes[0]["task"] == "worker"
-            assert "Traceback" in crashes[0]["exception"]
-            print(f"ready with a working worker {back_after:.1f} s after the restart")
+    restarted_at = time.monotonic()
+    pg.restart("immediate")
+
+    def ready() -> bool:
+        r = client.get("/health/ready")
+        return r.status_code == 200 and r.json()["checks"]["worker"] == "ok"
+
+    wait_for(ready, 60, "ready with a working worker after the restart")
+    back_after = time.monotonic() - restarted_at
+    after = client.post("/v1/cases", json={"title": "after", "location_id": location})
+    assert after.status_code == 201, after.text
+    case_id = after.json()["id"]
+    wait_for(
+        lambda: case_id in delivered_cases(receiver),
+        60,
+        "the delivery of a change made after the restart",
+    )
+    metrics = client.get("/metrics").text
+    assert metric(metrics, "tragwerk_task_up", task="worker") == 1.0
+    assert metric(metrics, "tragwerk_task_up", task="change_feed") == 1.0
+    assert metric(metrics, "tragwerk_task_crash_looping", task="worker") == 0.0
+    assert client.get("/health/live").status_code == 200
+    # Its listener died with the database: the worker run ended with an error,
+    # which was logged with its traceback, counted, and followed by a restart.
+    assert metric(metrics, "tragwerk_task_crashes_total", task="worker") >= 1
+    crashes = [
+        entry
+        for line in log.read_text().splitlines()
+        if line.startswith("{") and (entry := json.loads(line))["event"] == "task crashed"
+    ]
+    assert crashes
+    assert crashes[0]["task"] == "worker"
+    assert "Traceback" in crashes[0]["exception"]
+    print(f"ready with a working worker {back_after:.1f} s after the restart")
