@@ -202,7 +202,10 @@ def build_alerting(services: Services) -> SelfAlerting:
         stores.append(RedisClaims(redis, settings.redis_namespace))
         services.stoppers.append(redis.aclose)
     services.stoppers.append(notifier.close)
-    return SelfAlerting(services, notifier, FallbackClaims(*stores))
+    claims = FallbackClaims(*stores)
+    alerting = SelfAlerting(services, notifier, claims)
+    claims.set_leader(alerting.is_leader)
+    return alerting
 
 
 def app_from_env(*, with_worker: bool = False) -> FastAPI:

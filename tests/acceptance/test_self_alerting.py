@@ -64,49 +64,53 @@ async def test_the_database_going_down_is_alerted_while_it_is_down_and_resolved(
         WebhookReceiver() as hooks,
         SmtpSink() as smtp,
     ):
-        async with migrated_database(pg.url, "tragwerk_alerting") as url:
-            app = build_app(settings_for(url, hooks, smtp), url, with_worker=True)
-            async with serving(app) as client:
-                assert (await client.get("/health/ready")).status_code == 200
-                await asyncio.sleep(2)  # a few evaluations with everything well
-                assert notices(hooks, "TragwerkModuleDown") == []
+        async with migrated_database(pg.url, "tragwerk_alerting") as url, AsyncExitStack() as stack:
+            settings = settings_for(url, hooks, smtp)
+            # `tragwerk up`, and beside it a second API process: while the database is
+            # down no shared store answers, and only one of them may tell the team.
+            client = await stack.enter_async_context(
+                serving(build_app(settings, url, with_worker=True))
+            )
+            await stack.enter_async_context(serving(build_app(settings, url)))
+            assert (await client.get("/health/ready")).status_code == 200
+            await asyncio.sleep(2)  # a few evaluations with everything well
+            assert notices(hooks, "TragwerkModuleDown") == []
 
-                stopped = time.monotonic()
-                await asyncio.to_thread(pg.stop, "immediate")
-                await eventually(lambda: notices(hooks, "TragwerkModuleDown", module="store"), 30)
-                to_alert = time.monotonic() - stopped
-                await eventually(lambda: any("ModuleDown" in m["Subject"] for m in smtp.messages))
-                await asyncio.sleep(2)  # evaluations go on: no second notice
-                assert notices(hooks, "TragwerkModuleDown", module="store") == ["firing"]
+            stopped = time.monotonic()
+            await asyncio.to_thread(pg.stop, "immediate")
+            await eventually(lambda: notices(hooks, "TragwerkModuleDown", module="store"), 30)
+            to_alert = time.monotonic() - stopped
+            await eventually(lambda: any("ModuleDown" in m["Subject"] for m in smtp.messages))
+            await asyncio.sleep(2)  # evaluations go on: no second notice
+            assert notices(hooks, "TragwerkModuleDown", module="store") == ["firing"]
 
-                await asyncio.to_thread(pg.start)
-                await eventually(
-                    lambda: (
-                        notices(hooks, "TragwerkModuleDown", module="store")
-                        == ["firing", "resolved"]
-                    ),
-                    30,
-                )
-                await asyncio.sleep(1)
-                assert notices(hooks, "TragwerkModuleDown", module="store") == [
-                    "firing",
-                    "resolved",
-                ]
-                await eventually(
-                    lambda: any(str(m["Subject"]).startswith("[RESOLVED]") for m in smtp.messages)
-                )
-                body = next(
-                    b
-                    for b in (json.loads(r.body) for r in hooks.received)
-                    if b["alerts"][0]["labels"].get("module") == "store"
-                )
-                assert body["version"] == "4"
-                assert body["receiver"] == "tragwerk"
-                first = body["alerts"][0]
-                assert "instance" not in first["labels"]  # the database is shared: one alert
-                assert first["labels"]["severity"] == "critical"
-                assert first["annotations"]["runbook"] == "docs/runbook.md#tragwerkmoduledown"
-                print(f"\nalerted {to_alert:.1f} s after the database stopped (for 1.5 s)")
+            await asyncio.to_thread(pg.start)
+            await eventually(
+                lambda: (
+                    notices(hooks, "TragwerkModuleDown", module="store") == ["firing", "resolved"]
+                ),
+                30,
+            )
+            await asyncio.sleep(1)
+            assert notices(hooks, "TragwerkModuleDown", module="store") == [
+                "firing",
+                "resolved",
+            ]
+            await eventually(
+                lambda: any(str(m["Subject"]).startswith("[RESOLVED]") for m in smtp.messages)
+            )
+            body = next(
+                b
+                for b in (json.loads(r.body) for r in hooks.received)
+                if b["alerts"][0]["labels"].get("module") == "store"
+            )
+            assert body["version"] == "4"
+            assert body["receiver"] == "tragwerk"
+            first = body["alerts"][0]
+            assert "instance" not in first["labels"]  # the database is shared: one alert
+            assert first["labels"]["severity"] == "critical"
+            assert first["annotations"]["runbook"] == "docs/runbook.md#tragwerkmoduledown"
+            print(f"\nalerted {to_alert:.1f} s after the database stopped (for 1.5 s)")
 
 
 async def test_of_two_processes_one_tells_the_team_of_a_lost_instance(tmp_path: Any) -> None:

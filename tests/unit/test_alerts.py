@@ -163,3 +163,13 @@ def test_alert_settings_are_read() -> None:
     )
     assert settings.alert_emails == ("ops@example.test", "oncall@example.test")
     assert settings.alert_repeat_critical_seconds == 3600
+
+
+async def test_with_every_shared_store_down_only_the_leader_claims() -> None:
+    leader = FallbackClaims(Broken(), leader=lambda: True)
+    follower = FallbackClaims(Broken(), leader=lambda: False)
+    assert await leader.claim("db:firing", 60)
+    assert not await follower.claim("db:firing", 60)
+    shared = MemoryClaims()
+    follower_with_a_store = FallbackClaims(shared, leader=lambda: False)
+    assert await follower_with_a_store.claim("x", 60)  # a store answered: no election

@@ -114,8 +114,16 @@ class SelfAlerting:
             clock=clock,
         )
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
+        # API instances up at the last reading, oldest first: the first one is the
+        # leader, which alone sends while no shared store answers (monitoring.notify).
+        self.peers: list[str] = []
         self._counts: deque[_Counts] = deque()
         self._from_database: list[Condition] = []  # kept while the database is down
+
+    def is_leader(self) -> bool:
+        """True if this process is the API instance up the longest (or knows of none)."""
+        me = self.svc.recorder.id if self.svc.recorder is not None else None
+        return me is None or not self.peers or self.peers[0] == str(me)
 
     async def run(self) -> None:
         """Evaluate every TRAGWERK_ALERT_EVALUATE_SECONDS until cancelled."""
@@ -243,6 +251,11 @@ class SelfAlerting:
         svc, scale = self.svc, self.scale
         holding = []
         instances = await svc.instances.listing(svc.settings.instance_heartbeat_seconds)
+        self.peers = [
+            i["id"]
+            for i in sorted(instances, key=lambda i: (i["started_at"], i["id"]))
+            if i["state"] == "up" and i["role"] in ("api", "up")
+        ]
         holding += lost_instances(instances)
         if not any(_works(i) for i in instances):
             holding.append(

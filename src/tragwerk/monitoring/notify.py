@@ -7,8 +7,9 @@ email whose subject is Alertmanager's ("[FIRING:2] TragwerkModuleDown").
 
 Where notifications were sent lately is claimed in a shared store so that only one
 of several processes sends each: PostgreSQL, else Redis (when configured), else this
-process's memory (then, with the database down and no Redis, each process may send
-its own copy of the same alert: at most one per process and repeat interval).
+process's memory, and then only in the leader: the API instance up the longest when
+the database was last read. If the leader is down as well, nobody sends until a
+shared store answers again (run Redis, or Prometheus and Alertmanager, for that).
 """
 
 from __future__ import annotations
@@ -168,10 +169,17 @@ class FallbackClaims:
     every claim won elsewhere, so a process that loses the shared stores does not
     repeat what it sent itself."""
 
-    def __init__(self, *stores: Claims, within: float = 2.0) -> None:
+    def __init__(
+        self,
+        *stores: Claims,
+        within: float = 2.0,
+        leader: Callable[[], bool] | None = None,
+    ) -> None:
         self._stores = stores
         self._memory = MemoryClaims()
         self._within = within
+        # With every shared store down, only the leader may claim (see SelfAlerting).
+        self._leader = leader
 
     async def claim(self, key: str, seconds: float) -> bool:
         for store in self._stores:
@@ -184,7 +192,12 @@ class FallbackClaims:
             if won:
                 await self._memory.claim(key, seconds)
             return won
+        if self._leader is not None and not self._leader():
+            return False  # the leader tells the team; this process would only repeat it
         return await self._memory.claim(key, seconds)
+
+    def set_leader(self, leader: Callable[[], bool]) -> None:
+        self._leader = leader
 
     async def release(self, key: str) -> None:
         await self._memory.release(key)
