@@ -8,8 +8,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -120,3 +121,51 @@ def running(
             raise AssertionError("tragwerk did not stop within 90 s of SIGTERM") from None
         finally:
             kill_group(proc)
+
+
+@contextlib.contextmanager
+def served_database(cwd: Path, prefix: str) -> Iterator[str]:
+    """A new database on the service PostgreSQL, migrated by `tragwerk migrate` (as an
+    operator would), dropped afterwards. Skips (fails in CI) without PostgreSQL."""
+    import asyncio
+
+    from tests.conftest import create_database, drop_database
+    from tests.services import (
+        SERVICE_PG_ADMIN_URL,
+        SERVICE_PG_HOST,
+        SERVICE_PG_PORT,
+        require_service,
+    )
+
+    require_service("PostgreSQL", SERVICE_PG_HOST, SERVICE_PG_PORT)
+    url = asyncio.run(create_database(SERVICE_PG_ADMIN_URL, prefix=prefix))
+    try:
+        proc = start(cwd, "migrate", env={"TRAGWERK_DATABASE_URL": url})
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        yield url
+    finally:
+        asyncio.run(drop_database(SERVICE_PG_ADMIN_URL, url))
+
+
+def admin_token(cwd: Path, url: str, email: str = "admin@example.test") -> str:
+    """A token for a new admin user, made by `tragwerk token create`."""
+    out = cwd / "admin.token"
+    proc = start(
+        cwd, "token", "create", "--user", email, "--output", str(out),
+        env={"TRAGWERK_DATABASE_URL": url},
+    )  # fmt: skip
+    proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    return out.read_text().strip()
+
+
+def until(check: Callable[[], Any], within: float, what: str, every: float = 0.2) -> Any:
+    """Poll `check` until it returns something truthy; fail naming `what` after `within` s."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {within} s")

@@ -7,7 +7,6 @@ the gateway's own (retries, queueing, flood limit, closed paths), and real
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -17,16 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import create_database, drop_database
 from tests.gateway import Gateway, backends
-from tests.processes import kill_group, running, start
+from tests.processes import admin_token, kill_group, running, served_database
 from tests.services import (
-    SERVICE_PG_ADMIN_URL,
-    SERVICE_PG_HOST,
-    SERVICE_PG_PORT,
     free_port,
     require_program,
-    require_service,
 )
 from tragwerk.scaling.gateway import GatewayConfig, Server
 
@@ -160,32 +154,8 @@ def test_an_instance_failing_readiness_gets_no_traffic_and_returns(
 
 @pytest.fixture
 def database(tmp_path: Path) -> Iterator[str]:
-    require_service("PostgreSQL", SERVICE_PG_HOST, SERVICE_PG_PORT)
-    url = asyncio.run(create_database(SERVICE_PG_ADMIN_URL, prefix="tragwerk_gateway"))
-    try:
-        proc = start(tmp_path, "migrate", env={"TRAGWERK_DATABASE_URL": url})
-        out, _ = proc.communicate(timeout=60)
-        assert proc.returncode == 0, out
+    with served_database(tmp_path, "tragwerk_gateway") as url:
         yield url
-    finally:
-        asyncio.run(drop_database(SERVICE_PG_ADMIN_URL, url))
-
-
-def _admin_token(tmp: Path, url: str) -> str:
-    out = tmp / "admin.token"
-    proc = start(
-        tmp,
-        "token",
-        "create",
-        "--user",
-        "gateway-admin@example.test",
-        "--output",
-        str(out),
-        env={"TRAGWERK_DATABASE_URL": url},
-    )
-    proc.communicate(timeout=60)
-    assert proc.returncode == 0
-    return out.read_text().strip()
 
 
 def test_an_instance_killed_under_load_fails_no_get(
@@ -194,7 +164,7 @@ def test_an_instance_killed_under_load_fails_no_get(
     """Two `tragwerk api` behind the gateway; one is SIGKILLed (its whole process group)
     while four clients keep reading: every GET is answered, the dead one is taken out
     of rotation, and after a restart it is back."""
-    token = _admin_token(tmp_path, database)
+    token = admin_token(tmp_path, database, "gateway-admin@example.test")
     ports = [free_port(), free_port()]
     env = {
         "TRAGWERK_DATABASE_URL": database,

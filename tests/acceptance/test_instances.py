@@ -3,10 +3,8 @@ each `tragwerk worker` one; a SIGKILLed worker is shown lost, a SIGTERMed one st
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,49 +12,20 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import SERVICE_PG_ADMIN_URL, create_database, drop_database
-from tests.processes import running, start
-from tests.services import SERVICE_PG_HOST, SERVICE_PG_PORT, free_port, require_service
+from tests.processes import admin_token, running, served_database, start, until
+from tests.services import free_port
 
 BEAT = "0.5"  # TRAGWERK_INSTANCE_HEARTBEAT_SECONDS: lost after 1.5 s
 
 
 @pytest.fixture
 def database(tmp_path: Path) -> Iterator[str]:
-    require_service("PostgreSQL", SERVICE_PG_HOST, SERVICE_PG_PORT)
-    url = asyncio.run(create_database(SERVICE_PG_ADMIN_URL, prefix="tragwerk_instances"))
-    try:
-        proc = start(tmp_path, "migrate", env={"TRAGWERK_DATABASE_URL": url})
-        out, _ = proc.communicate(timeout=60)
-        assert proc.returncode == 0, out
+    with served_database(tmp_path, "tragwerk_instances") as url:
         yield url
-    finally:
-        asyncio.run(drop_database(SERVICE_PG_ADMIN_URL, url))
-
-
-def admin_token(tmp: Path, url: str) -> str:
-    out = tmp / "admin.token"
-    proc = start(
-        tmp, "token", "create", "--user", "ops@example.test", "--output", str(out),
-        env={"TRAGWERK_DATABASE_URL": url},
-    )  # fmt: skip
-    proc.communicate(timeout=60)
-    assert proc.returncode == 0
-    return out.read_text().strip()
-
-
-def until(check: Any, within: float, what: str) -> Any:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {within} s")
 
 
 def test_processes_are_listed_up_lost_and_stopped(tmp_path: Path, database: str) -> None:
-    token = admin_token(tmp_path, database)
+    token = admin_token(tmp_path, database, "ops@example.test")
     port = free_port()
     env = {
         "TRAGWERK_DATABASE_URL": database,

@@ -8,11 +8,9 @@ OPS_SCREENSHOT=path saves a screenshot of the page there (docs/operations.md has
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,15 +18,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import SERVICE_PG_ADMIN_URL, create_database, drop_database
-from tests.processes import running, start
+from tests.processes import admin_token, running, served_database, start, until
 from tests.receivers import WebhookReceiver
 from tests.services import (
-    SERVICE_PG_HOST,
-    SERVICE_PG_PORT,
     free_port,
     in_ci,
-    require_service,
 )
 
 SECRET = "ops-page-secret-0123456789"
@@ -45,26 +39,8 @@ def chromium() -> str:
 
 @pytest.fixture
 def database(tmp_path: Path) -> Iterator[str]:
-    require_service("PostgreSQL", SERVICE_PG_HOST, SERVICE_PG_PORT)
-    url = asyncio.run(create_database(SERVICE_PG_ADMIN_URL, prefix="tragwerk_ops"))
-    try:
-        proc = start(tmp_path, "migrate", env={"TRAGWERK_DATABASE_URL": url})
-        out, _ = proc.communicate(timeout=60)
-        assert proc.returncode == 0, out
+    with served_database(tmp_path, "tragwerk_ops") as url:
         yield url
-    finally:
-        asyncio.run(drop_database(SERVICE_PG_ADMIN_URL, url))
-
-
-def admin_token(tmp: Path, url: str) -> str:
-    out = tmp / "admin.token"
-    proc = start(
-        tmp, "token", "create", "--user", "support@example.test", "--output", str(out),
-        env={"TRAGWERK_DATABASE_URL": url},
-    )  # fmt: skip
-    proc.communicate(timeout=60)
-    assert proc.returncode == 0
-    return out.read_text().strip()
 
 
 def test_the_ops_page_shows_held_jobs_requeues_them_and_shows_an_alert(
@@ -72,7 +48,7 @@ def test_the_ops_page_shows_held_jobs_requeues_them_and_shows_an_alert(
 ) -> None:
     browser_path = chromium()
     sync_api = pytest.importorskip("playwright.sync_api")
-    token = admin_token(tmp_path, database)
+    token = admin_token(tmp_path, database, "support@example.test")
     answers = {"status": 410}  # the receiver refuses (a 4xx: held at once), then takes
 
     with WebhookReceiver(lambda _n: (answers["status"], {}, 0.0)) as receiver, \
@@ -130,7 +106,7 @@ def _held_job(api: httpx.Client, receiver: WebhookReceiver) -> int:
     )
     assert sub.status_code == 201, sub.text
     assert api.post("/v1/cases", json={"title": "Printer", "location_id": location}).is_success
-    held = _until(lambda: api.get("/v1/admin/jobs?state=held").json(), 60, "a held job")
+    held = until(lambda: api.get("/v1/admin/jobs?state=held").json(), 60, "a held job")
     assert held[0]["kind"] == "webhook"
     return int(held[0]["id"])
 
@@ -161,17 +137,7 @@ def _check_the_page(
     answers["status"] = 200
     held.locator("button", has_text="Requeue").click()
     page.locator("#held tbody", has_text="no held job").wait_for(timeout=30_000)
-    _until(lambda: len(receiver.received) >= 2, 30, "the requeued delivery")
+    until(lambda: len(receiver.received) >= 2, 30, "the requeued delivery")
     # A reload keeps the token for this tab.
     page.reload()
     page.locator("#status", has_text="updated").wait_for()
-
-
-def _until(check: Any, within: float, what: str) -> Any:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {within} s")

@@ -268,19 +268,8 @@ class SelfAlerting:
                 )
             )
         timeout = timedelta(seconds=svc.settings.job_heartbeat_timeout_seconds)
-        held: dict[str, int] = {}
-        orphaned: dict[str, int] = {}
-        lag: dict[str, float] = {}
-        for row in await svc.jobs.stats(timeout):
-            kind, jobs = str(row["entrypoint"]), int(row["jobs"])
-            if row["status"] == "failed":
-                held[kind] = held.get(kind, 0) + jobs
-            elif row["status"] == "orphaned":
-                orphaned[kind] = orphaned.get(kind, 0) + jobs
-            else:
-                band = str(row["band"])
-                lag[band] = max(lag.get(band, 0.0), float(row["oldest_seconds"]))
-        for kind, n in sorted(held.items()):
+        queue = await svc.jobs.summary(timeout)
+        for kind, n in sorted(queue.held.items()):
             holding.append(
                 _condition(
                     "TragwerkJobsHeld",
@@ -291,7 +280,7 @@ class SelfAlerting:
                     kind=kind,
                 )
             )
-        for kind, n in sorted(orphaned.items()):
+        for kind, n in sorted(queue.orphaned.items()):
             holding.append(
                 _condition(
                     "TragwerkJobsOrphaned",
@@ -303,7 +292,8 @@ class SelfAlerting:
                     kind=kind,
                 )
             )
-        for band, waited in sorted(lag.items()):
+        for band, figures in sorted(queue.bands.items()):
+            waited = figures["oldest_seconds"]
             budget, severity, hold = LAG_BUDGETS.get(band, LAG_BUDGETS["other"])
             if waited > budget:
                 holding.append(

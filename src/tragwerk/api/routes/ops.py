@@ -78,19 +78,7 @@ async def overview(svc: Svc, _who: Operator) -> Response:
 
 async def build_overview(svc: Services) -> dict[str, Any]:
     s = svc.settings
-    queue: dict[str, dict[str, float]] = {}
-    held: dict[str, int] = {}
-    orphaned: dict[str, int] = {}
-    for row in await svc.jobs.stats(timedelta(seconds=s.job_heartbeat_timeout_seconds)):
-        kind, count = str(row["entrypoint"]), int(row["jobs"])
-        if row["status"] == "failed":
-            held[kind] = held.get(kind, 0) + count
-        elif row["status"] == "orphaned":
-            orphaned[kind] = orphaned.get(kind, 0) + count
-        else:
-            band = queue.setdefault(str(row["band"]), {"queued": 0, "oldest_seconds": 0.0})
-            band["queued"] += count
-            band["oldest_seconds"] = max(band["oldest_seconds"], float(row["oldest_seconds"]))
+    queue = await svc.jobs.summary(timedelta(seconds=s.job_heartbeat_timeout_seconds))
     instances = await svc.instances.listing(s.instance_heartbeat_seconds)
     breakers: dict[str, list[str]] = {}
     jobs: dict[str, int] = {}
@@ -107,9 +95,9 @@ async def build_overview(svc: Services) -> dict[str, Any]:
         "generated_at": time.time(),
         "process": f"{socket.gethostname()}:{os.getpid()}",
         "checks": await svc.checks(),
-        "queue": dict(sorted(queue.items())),
-        "held": held,
-        "orphaned": orphaned,
+        "queue": dict(sorted(queue.bands.items())),
+        "held": queue.held,
+        "orphaned": queue.orphaned,
         # Summed over the instances up now: the page turns two readings into a rate.
         "jobs": jobs,
         "breakers_open": breakers,

@@ -13,6 +13,7 @@ listed here with the id of the worker that had it (`queue_manager_id`, the one i
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -125,6 +126,33 @@ def _last_error(value: Any) -> str | None:
     return f"{kind}: {message}".strip(": ")
 
 
+@dataclass
+class QueueSummary:
+    """One reading of the queue (JobStore.stats) by what an operator asks about."""
+
+    held: dict[str, int] = field(default_factory=dict)  # kind -> jobs
+    orphaned: dict[str, int] = field(default_factory=dict)  # kind -> jobs
+    # band -> {"queued": jobs, "oldest_seconds": the oldest due job's wait}
+    bands: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, rows: list[Row]) -> QueueSummary:
+        summary = cls()
+        for row in rows:
+            kind, count = str(row["entrypoint"]), int(row["jobs"])
+            if row["status"] == "failed":
+                summary.held[kind] = summary.held.get(kind, 0) + count
+            elif row["status"] == "orphaned":
+                summary.orphaned[kind] = summary.orphaned.get(kind, 0) + count
+            else:
+                band = summary.bands.setdefault(
+                    str(row["band"]), {"queued": 0, "oldest_seconds": 0.0}
+                )
+                band["queued"] += count
+                band["oldest_seconds"] = max(band["oldest_seconds"], float(row["oldest_seconds"]))
+        return summary
+
+
 class JobStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -163,6 +191,9 @@ class JobStore:
         async with self._engine.begin() as conn:
             result = await conn.execute(_PRUNE, {"keep": keep, "slice": slice_rows})
             return int(result.rowcount)
+
+    async def summary(self, heartbeat_timeout: timedelta) -> QueueSummary:
+        return QueueSummary.of(await self.stats(heartbeat_timeout))
 
     async def stats(self, heartbeat_timeout: timedelta) -> list[Row]:
         """Jobs per kind, state (queued, failed = held, orphaned) and priority band."""
