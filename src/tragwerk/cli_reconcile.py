@@ -97,8 +97,14 @@ def run(settings: Settings, url: str, args: argparse.Namespace) -> int:
             f"missing delivery {gap['event_id']}  {gap['event_type']:<20} subscription "
             f"{gap['subscription_id']}: {verb}"
         )
+    for notice in report.missing_notifications:
+        print(
+            f"missing notice   {notice['event_id']}  {notice['event_type']:<20} user "
+            f"{notice['user_id']}: {'would write again' if args.dry_run else 'written again'}"
+        )
     print(
         f"tragwerk: {len(report.missing_events)} missing event(s), "
+        f"{len(report.missing_notifications)} missing notification(s), "
         f"{len(report.missing_deliveries)} missing deliver(y/ies) in the last {args.since}",
         file=sys.stderr,
     )

@@ -56,6 +56,36 @@ async def test_a_deleted_delivery_record_is_found_and_redelivered(
             assert second == report.missing_deliveries[0]["event_id"]
 
 
+async def test_deleted_notifications_are_found_and_written_again(
+    fresh_url: str,  # noqa: F811
+) -> None:
+    settings = job_settings(fresh_url, None)
+    async with setup(fresh_url, settings) as s:
+        agent = await s.api.user("agent")
+        token = await s.api.token_for(agent["id"])
+        await s.api.case(await s.api.location(), assignee_ids=[agent["id"]])
+
+        async def notices() -> list[dict[str, object]]:
+            r = await s.api.get("/v1/notifications", token=token)
+            assert r.status_code == 200, r.text
+            return list(r.json()["items"])
+
+        async with worker(settings, fresh_url):
+            (before,) = await eventually(notices)
+        assert (await run(s)).gaps == 0
+        await sql(s, "DELETE FROM notifications")  # by hand
+        report = await run(s)
+        (missing,) = report.missing_notifications
+        assert missing["user_id"] == agent["id"]
+        (after,) = await notices()
+        assert (after["event_id"], after["title"], after["body"]) == (
+            before["event_id"],
+            before["title"],
+            before["body"],
+        )
+        assert (await run(s)).gaps == 0
+
+
 async def test_a_deleted_event_job_is_found_and_queued_again(fresh_url: str) -> None:  # noqa: F811
     with WebhookReceiver() as receiver:
         settings = job_settings(fresh_url, None)

@@ -315,6 +315,7 @@ class Worker:
             if report.gaps:
                 self.reporter.count("missing_event", len(report.missing_events))
                 self.reporter.count("missing_delivery", len(report.missing_deliveries))
+                self.reporter.count("missing_notification", len(report.missing_notifications))
                 log.error(
                     "reconciliation found lost work and queued it again",
                     missing_events=[e["event_id"] for e in report.missing_events][:20],

@@ -266,5 +266,6 @@ case_events = Table(
     Column("event_type", Text, nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
     Column("body", Text, nullable=False),
+    Column("notified", ARRAY(BigInteger), nullable=False),
     Column("fanned_out_at", DateTime(timezone=True), nullable=False),
 )

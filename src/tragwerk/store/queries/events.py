@@ -56,9 +56,10 @@ def describe(event: dict[str, Any]) -> tuple[str, str]:
 
 _RECORD_EVENT = text(
     """
-    INSERT INTO case_events (event_id, case_id, event_type, occurred_at, body)
+    INSERT INTO case_events (event_id, case_id, event_type, occurred_at, body, notified)
     VALUES (:event_id, :case_id, :event_type,
-            CAST(CAST(:occurred_at AS text) AS timestamptz), :body)
+            CAST(CAST(:occurred_at AS text) AS timestamptz), :body,
+            CAST(:notified AS bigint[]))
     ON CONFLICT (event_id) DO NOTHING
     """
 )
@@ -160,6 +161,7 @@ async def fan_out(
                 "event_type": event["type"],
                 "occurred_at": event["occurred_at"],
                 "body": delivery.decode(),
+                "notified": [r.id for r in recipients],
             },
         )
         delivery_ids = await create_deliveries(

@@ -3,8 +3,9 @@ is recorded.
 
 - `case_history.event_id`, `event_type`: the event the change queued, written in the
   change's transaction (NULL for rows from before, and when events are off).
-- `case_events`: written by the worker's fan-out, with the webhook body, in the
-  transaction that writes the deliveries and queues their jobs.
+- `case_events`: written by the worker's fan-out, with the webhook body and the users
+  it notified, in the transaction that writes the notifications and deliveries and
+  queues their jobs.
 - BRIN indexes on the times: reconciliation reads the last hour of both tables, and a
   BRIN index costs an append-only insert next to nothing (the write path is hot).
 
@@ -34,6 +35,7 @@ def upgrade() -> None:
             event_type text NOT NULL,
             occurred_at timestamptz NOT NULL,
             body text NOT NULL,
+            notified bigint[] NOT NULL DEFAULT '{}',
             fanned_out_at timestamptz NOT NULL DEFAULT now()
         )
         """
