@@ -295,8 +295,10 @@ class Worker:
                     next_prune = now if pruned else now + LOG_PRUNE_SECONDS
                     if pruned:
                         self.reporter.count("log_rows_pruned", pruned)
-            except Exception as exc:  # noqa: BLE001 - best effort; tried again
-                log.warning("queue upkeep failed", error=repr(exc))
+            except Exception as exc:
+                # Counted and logged with its traceback; the loop goes on.
+                self.reporter.count("upkeep_failed")
+                log.warning("queue upkeep failed", error=repr(exc), exc_info=exc)
             await asyncio.sleep(QUEUE_STATS_SECONDS)
 
     async def _reconcile_periodically(self) -> None:
@@ -309,8 +311,10 @@ class Worker:
             try:
                 with self.reporter.operation("reconcile"):
                     report = await reconcile(self.engine, cases.read_in, since=RECONCILE_WINDOW)
-            except Exception as exc:  # noqa: BLE001 - the next run tries again
-                log.warning("reconciliation failed", error=repr(exc))
+            except Exception as exc:
+                # Counted and logged with its traceback; the loop goes on.
+                self.reporter.count("reconcile_failed")
+                log.warning("reconciliation failed", error=repr(exc), exc_info=exc)
                 continue
             if report.gaps:
                 self.reporter.count("missing_event", len(report.missing_events))
@@ -338,8 +342,10 @@ class Worker:
                     if count:
                         self.reporter.count(f"sla_{threshold}", count)
                         log.info("SLA alerts raised", threshold=threshold, cases=count)
-            except Exception as exc:  # noqa: BLE001 - the next scan tries again
-                log.warning("SLA scan failed", error=repr(exc))
+            except Exception as exc:
+                # Counted and logged with its traceback; the loop goes on.
+                self.reporter.count("sla_scan_failed")
+                log.warning("SLA scan failed", error=repr(exc), exc_info=exc)
             # Jitter keeps several workers' scans from lining up.
             await asyncio.sleep(s.sla_scan_seconds * random.uniform(0.8, 1.2))  # noqa: S311
 
