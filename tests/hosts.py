@@ -348,6 +348,10 @@ def running_cluster(
                 list(pool.map(cluster.start_host, network.hosts))
             for host in network.hosts:
                 gateway.wait_for(f"api{host.index}", "UP", within=30)
+            # The servers were DOWN until their hosts started, so HAProxy brings each one
+            # back through `slowstart` (its weight grows over that time): until then the
+            # first one up gets more than its share.
+            time.sleep(config.slowstart_seconds)
             _prepare(cluster)
             yield cluster
 
