@@ -24,7 +24,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
-import httpx
+import httpcore
+import orjson
 
 from tragwerk.domain.observability import ModuleReporter
 from tragwerk.monitoring.alerts import Claims, Notification
@@ -105,10 +106,20 @@ class Notifier:
 
     async def _post(self, notification: Notification) -> None:
         assert self.webhook_url is not None
-        body = notification.body(RECEIVER, self.external_url)
-        async with httpx.AsyncClient(timeout=self.timeout) as client:
-            response = await client.post(self.webhook_url, json=body)
-        response.raise_for_status()
+        body = orjson.dumps(notification.body(RECEIVER, self.external_url))
+        timeouts = dict.fromkeys(("connect", "read", "write", "pool"), self.timeout)
+        # httpcore, the HTTP client tragwerk already depends on (jobs.webhooks); the URL
+        # is the operator's own, so no SSRF guard here.
+        async with httpcore.AsyncConnectionPool() as pool:
+            response = await pool.request(
+                "POST",
+                self.webhook_url,
+                headers={"Content-Type": "application/json", "User-Agent": "tragwerk-alerts/1"},
+                content=body,
+                extensions={"timeout": timeouts},
+            )
+        if not 200 <= response.status < 300:
+            raise RuntimeError(f"the alert webhook answered {response.status}")
 
     async def _mail(self, notification: Notification) -> None:
         assert self.smtp_url is not None
