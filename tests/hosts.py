@@ -324,7 +324,7 @@ def running_cluster(
             "TRAGWERK_WORKER_PORT": "off",
             "TRAGWERK_LIMIT_EXTERNAL": "100000000/minute",
             "TRAGWERK_LIMIT_INTERNAL": "100000000/minute",
-            "TRAGWERK_LOG_LEVEL": "warning",
+            "TRAGWERK_LOG_LEVEL": "info",
         }
         root_env = {**{k: v for k, v in os.environ.items() if not k.startswith("TRAGWERK_")}, **env}
         _tragwerk(["migrate"], root_env, workdir)

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -44,8 +46,9 @@ class Writers:
         self.cluster = cluster
         self.statuses: list[int] = []
         self.created: list[int] = []
+        self.errors: list[str] = []  # what the client saw when no response came
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._write) for _ in range(threads)]
+        self.threads = [threading.Thread(target=self._write) for _ in range(threads)]
 
     def _write(self) -> None:
         body = {
@@ -59,8 +62,9 @@ class Writers:
             while not self._stop.is_set():
                 try:
                     r = client.post("/v1/cases", json=body)
-                except httpx.HTTPError:
+                except httpx.HTTPError as exc:
                     self.statuses.append(0)
+                    self.errors.append(repr(exc))
                     continue
                 self.statuses.append(r.status_code)
                 if r.status_code == 201:
@@ -68,13 +72,13 @@ class Writers:
                 time.sleep(0.03)
 
     def __enter__(self) -> Writers:
-        for thread in self._threads:
+        for thread in self.threads:
             thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
-        for thread in self._threads:
+        for thread in self.threads:
             thread.join()
 
     @property
@@ -122,9 +126,10 @@ def test_requests_are_spread_evenly(cluster: Cluster) -> None:
 
 
 def test_a_host_killed_under_load(cluster: Cluster) -> None:
-    """host2: every process SIGKILLed, then its link down; reads fail none, writes
-    under 0.5 %; it leaves rotation within the check interval, its worker's jobs run
-    elsewhere after the heartbeat timeout, no email or webhook is lost; it returns."""
+    """host2: every process SIGKILLed, then its link down; reads fail none, writes only
+    those in flight on it; it leaves rotation within the check interval, its worker's
+    jobs run elsewhere after the heartbeat timeout, no email or webhook is lost; it
+    returns."""
     victim = cluster.network.hosts[1]
     # The minute around the failure: 30 s of load before it, 30 s after.
     with Reads(cluster, 60) as reads, Writers(cluster) as writers:
@@ -139,10 +144,16 @@ def test_a_host_killed_under_load(cluster: Cluster) -> None:
     print(
         f"\nhost killed: reads {result['requests']} failed {result['failed']}; writes"
         f" {len(writers.statuses)} failed {writers.failed}"
-        f" ({sorted(set(writers.statuses) - {201})}); out of rotation after {out_after:.2f} s"
+        f" ({sorted(set(writers.statuses) - {201})}, {writers.errors});"
+        f" out of rotation after {out_after:.2f} s"
     )
     assert result["failed"] == 0
-    assert writers.failed <= 0.005 * len(writers.statuses)
+    # A POST in flight on the killed host is lost to its client (502, or the connection
+    # closed): the gateway never retries a request that may have been applied. Each
+    # writer can lose that one, and the next on the connection the gateway closed
+    # after it (seen: RemoteProtocolError "Server disconnected"); nothing else.
+    assert writers.failed <= 2 * len(writers.threads), writers.errors
+    assert set(writers.statuses) <= {0, 201, 502}, sorted(set(writers.statuses))
     assert out_after <= 3 * CHECK_INTERVAL + 1.0
     # Every case created got its webhook and its email, the dead worker's included.
     created = set(writers.created)
@@ -169,7 +180,7 @@ def test_a_rolling_restart_under_load_fails_no_request(cluster: Cluster) -> None
                 time.sleep(0.1)
             api = host.procs["api"]
             api.terminate()  # SIGTERM: readiness fails, requests in flight finish
-            assert api.wait(timeout=60) == 0
+            _stopped(cluster, host, api, within=60)
             cluster.start_api(host)
             cluster.gateway.runtime(f"set server api/{server} state ready")
             cluster.gateway.wait_for(server, "UP", within=30)
@@ -183,6 +194,34 @@ def test_a_rolling_restart_under_load_fails_no_request(cluster: Cluster) -> None
     assert result["failed"] == 0
     assert writers.failed == 0
     assert len(writers.statuses) > 50
+
+
+def _stopped(cluster: Cluster, host: Any, api: Any, within: float) -> None:
+    """The API process exited 0 within `within` seconds; if not, its log says why."""
+    try:
+        code = api.wait(timeout=within)
+    except subprocess.TimeoutExpired:
+        pids = [_describe(pid) for pid in cluster.network.pids(host)]
+        log = (cluster.network.workdir / f"{host.name}-api.log").read_text()[-6000:]
+        api.kill()
+        raise AssertionError(
+            f"{host.name}'s API did not stop within {within} s of SIGTERM; processes in"
+            f" its namespace: {pids}; its log ends:\n{log}"
+        ) from None
+    assert code == 0, (cluster.network.workdir / f"{host.name}-api.log").read_text()[-6000:]
+
+
+def _describe(pid: int) -> str:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[-80:]
+        state = next(
+            line
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+            if line.startswith("State:")
+        )
+    except (OSError, StopIteration):
+        return f"{pid} (gone)"
+    return f"{pid} {state.split(':', 1)[1].strip()} {cmd}"
 
 
 def _in_flight(cluster: Cluster, server: str) -> int:

@@ -17,10 +17,13 @@ runs, what tragwerk needs against floods and slow clients:
 
 Stopping: SIGTERM or Ctrl-C. Readiness fails at once (the server is marked draining);
 after TRAGWERK_DRAIN_SECONDS (0 by default) granian stops accepting, lets the requests
-in flight finish and runs each app's shutdown, which stops its background work. A
-worker process still busy after the grace period is killed. The command returns once
-every worker process has exited, so its caller (tragwerk up) stops the embedded
-PostgreSQL last.
+in flight finish and runs each app's shutdown, which stops its background work. The
+whole stop after the drain fits in one grace period (TRAGWERK_SHUTDOWN_GRACE_SECONDS),
+as a container orchestrator expects before it kills: up to a third of it (at most
+10 s) waits for a worker process still starting its app, the rest is the time a
+stopping worker process has before it is killed. The command returns once every
+worker process has exited, so its caller (tragwerk up) stops the embedded PostgreSQL
+last.
 """
 
 from __future__ import annotations
@@ -61,15 +64,30 @@ _LOG_LEVELS = {level.value: level for level in LogLevels}
 
 
 def grace_seconds(settings: Settings, *, with_worker: bool) -> int:
-    """How long a stopping worker process may take before it is killed.
+    """How long the stop may take after the drain: the wait for worker processes still
+    starting (`starting_wait_seconds`), then the kill timeout (`kill_timeout_seconds`).
 
     With the in-process job worker (tragwerk up), its jobs get TRAGWERK_WORKER_GRACE_SECONDS
-    to finish during the app's shutdown, so the process gets that and 5 s more.
+    to finish during the app's shutdown, so the kill timeout is at least that and 5 s
+    more, and the grace period grows to hold it.
     """
     grace = settings.shutdown_grace_seconds
     if with_worker:
-        grace = max(grace, settings.worker_grace_seconds + 5)
+        needed = settings.worker_grace_seconds + 5
+        grace = max(grace, needed + starting_wait_seconds(grace), needed * 1.5)
     return max(1, round(grace))
+
+
+def starting_wait_seconds(grace: float) -> float:
+    """Of the grace period, how long a stop waits for worker processes still starting
+    their app (granian's worker drops a stop signal that arrives then): a third, at
+    most 10 s."""
+    return min(10.0, grace / 3)
+
+
+def kill_timeout_seconds(grace: float) -> int:
+    """What the grace period leaves a stopping worker process before it is killed."""
+    return max(1, round(grace - starting_wait_seconds(grace)))
 
 
 def build_server(
@@ -98,7 +116,7 @@ def build_server(
         log_dictconfig=_GRANIAN_LOGGING,
         log_access=False,  # per-request lines cost CPU; /metrics counts requests instead
         respawn_failed_workers=True,
-        workers_kill_timeout=grace_seconds(settings, with_worker=with_worker),
+        workers_kill_timeout=kill_timeout_seconds(grace_seconds(settings, with_worker=with_worker)),
     )
     return server
 
@@ -118,7 +136,8 @@ def serve(settings: Settings, *, workers: int, with_worker: bool = False) -> int
     # granian installs its handlers for SIGINT and SIGTERM as it starts, then runs its
     # start-up hooks: SIGTERM is taken back there, to drain before granian stops.
     grace = grace_seconds(settings, with_worker=with_worker)
-    server.on_startup(lambda: _drain_on_sigterm(state, settings.drain_seconds, grace))
+    wait = starting_wait_seconds(grace)
+    server.on_startup(lambda: _drain_on_sigterm(state, settings.drain_seconds, wait))
     try:
         server.serve()
     except SystemExit as exc:  # granian exits 1 after a crash loop
@@ -138,14 +157,14 @@ def _export(settings: Settings) -> None:
     os.environ["TRAGWERK_DATA_DIR"] = str(settings.data_dir)
 
 
-def _drain_on_sigterm(state: ServerState, drain_seconds: float, grace: float) -> None:
+def _drain_on_sigterm(state: ServerState, drain_seconds: float, starting_wait: float) -> None:
     """On SIGTERM: mark the server draining (readiness fails), then after `drain_seconds`
     send ourselves SIGINT, on which granian stops gracefully. A second SIGTERM or a
     Ctrl-C while draining stops at once.
 
-    The SIGINT also waits (at most `grace` seconds) for worker processes still starting
-    their app: granian's worker drops a stop signal that arrives while its app starts,
-    and would then be killed only after the grace period.
+    The SIGINT also waits (at most `starting_wait` seconds) for worker processes still
+    starting their app: granian's worker drops a stop signal that arrives while its app
+    starts, and would then be killed only after the kill timeout.
     """
     draining = threading.Event()
     main = os.getpid()
@@ -153,9 +172,17 @@ def _drain_on_sigterm(state: ServerState, drain_seconds: float, grace: float) ->
 
     def stop_when_started() -> None:
         time.sleep(drain_seconds)
-        deadline = time.monotonic() + grace
+        deadline = time.monotonic() + starting_wait
         while state.still_starting() and time.monotonic() < deadline:
             time.sleep(0.05)
+        starting = state.still_starting()
+        if starting:
+            log.warning(
+                "worker processes still starting their app at the stop; granian kills"
+                " them after the kill timeout",
+                pids=starting,
+                waited_seconds=starting_wait,
+            )
         stop_now()
 
     def stop_now() -> None:
