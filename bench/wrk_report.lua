@@ -23,9 +23,24 @@ if delay_ms then
   end
 end
 
+local method = os.getenv("METHOD") or "GET"
+local body = os.getenv("BODY")
+local sequential = os.getenv("SEQUENTIAL") ~= nil
+local taken = 0
+
 request = function()
-  return wrk.format("GET", paths[math.random(#paths)],
-    { ["Authorization"] = "Bearer " .. tokens[math.random(#tokens)] })
+  local path
+  if sequential then
+    taken = taken % #paths + 1
+    path = paths[taken]
+  else
+    path = paths[math.random(#paths)]
+  end
+  local headers = { ["Authorization"] = "Bearer " .. tokens[math.random(#tokens)] }
+  if body then
+    headers["Content-Type"] = "application/json"
+  end
+  return wrk.format(method, path, headers, body)
 end
 
 done = function(summary, latency, requests)

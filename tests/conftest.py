@@ -108,6 +108,14 @@ async def database_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
         yield url
 
 
+@pytest.fixture
+async def sql(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A psql-like session of its own, outside tragwerk."""
+    conn = await connect_raw(database_url)
+    yield conn
+    await conn.close()
+
+
 @dataclass
 class Api:
     """An API client on a real database, with an admin token and helpers to make data."""

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
-import pytest
 
-from tests.conftest import Api, connect_raw, make_api
+from tests.conftest import Api, make_api
 from tragwerk.settings import Settings
 from tragwerk.store.changes import APPLICATION_NAME
 from tragwerk.store.database import QueryCounter
@@ -26,14 +25,6 @@ async def _until(check: Callable[[], Awaitable[bool]], seconds: float = CONVERGE
         if time.monotonic() - start > seconds:
             raise AssertionError(f"not seen within {seconds} s")
         await asyncio.sleep(0.005)
-
-
-@pytest.fixture
-async def sql(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    """A psql-like session of its own, outside tragwerk."""
-    conn = await connect_raw(database_url)
-    yield conn
-    await conn.close()
 
 
 async def _location_name(api: Api, location_id: int) -> str:

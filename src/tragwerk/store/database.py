@@ -84,8 +84,7 @@ _SHUTDOWN_STATES = {"57P01", "57P02", "57P03"}
 def database_unreachable(exc: BaseException) -> bool:
     """True when `exc` (or what caused it) means the connection to PostgreSQL is gone or
     cannot be made: a restart, a failover, the server down. Such an error says nothing
-    about the request, so it is answered 503 (retry), never 500, and an idempotent
-    request is retried once on a fresh connection (tragwerk.api.database_retry).
+    about the request, so it is answered 503 (retry), never 500.
     """
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -125,18 +124,27 @@ async def check_ready(engine: AsyncEngine, within: float = READY_TIMEOUT_SECONDS
 @dataclass
 class QueryCounter:
     """Counts statements sent through an engine, SQLAlchemy's and the hot path's
-    (store.hot) alike; used by tests and benchmarks."""
+    (store.hot) alike, and keeps their SQL; used by tests and benchmarks. The hot
+    path's transactions report BEGIN and COMMIT too: each is a round trip."""
 
-    count: int = 0
+    def __init__(self) -> None:
+        self.statements: list[str] = []
 
-    def _on_execute(self, *_args: object) -> None:
-        self.count += 1
+    @property
+    def count(self) -> int:
+        return len(self.statements)
+
+    def _on_execute(self, _conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        self.statements.append(statement)
+
+    def _on_hot(self, sql: str) -> None:
+        self.statements.append(sql)
 
     def attach(self, engine: AsyncEngine) -> QueryCounter:
         event.listen(engine.sync_engine, "before_cursor_execute", self._on_execute)
-        hot.watch(engine.sync_engine, self._on_execute)
+        hot.watch(engine.sync_engine, self._on_hot)
         return self
 
     def detach(self, engine: AsyncEngine) -> None:
         event.remove(engine.sync_engine, "before_cursor_execute", self._on_execute)
-        hot.unwatch(engine.sync_engine, self._on_execute)
+        hot.unwatch(engine.sync_engine, self._on_hot)

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tragwerk.domain.cases import Priority
 from tragwerk.domain.events import EventType, job_priority
+from tragwerk.store.hot import Tx
 
 # Entrypoint names: the kinds of job a worker runs.
 CASE_EVENT = "case_event"
@@ -57,15 +58,28 @@ async def enqueue(conn: AsyncConnection, jobs: Sequence[Job]) -> list[int | None
         await conn.execute(_BEGIN)
         if not raw.is_in_transaction():
             raise RuntimeError("jobs must be enqueued inside a transaction (engine.begin())")
-    rows = await raw.fetch(
-        _ENQUEUE_SQL,
+    return _ids(jobs, await raw.fetch(_ENQUEUE_SQL, *_arguments(jobs)))
+
+
+async def enqueue_in(tx: Tx, jobs: Sequence[Job]) -> list[int | None]:
+    """`enqueue` in a transaction of store.hot (the case writes)."""
+    if not jobs:
+        return []
+    return _ids(jobs, await tx.fetch(_ENQUEUE_SQL, *_arguments(jobs)))
+
+
+def _arguments(jobs: Sequence[Job]) -> list[list[Any]]:
+    return [
         [j.priority for j in jobs],
         [j.entrypoint for j in jobs],
         [j.payload for j in jobs],
         [j.delay or timedelta(0) for j in jobs],
         [j.dedupe_key for j in jobs],
         ["{}"] * len(jobs),
-    )
+    ]
+
+
+def _ids(jobs: Sequence[Job], rows: Sequence[Any]) -> list[int | None]:
     ids: list[int | None] = [None] * len(jobs)
     for row in rows:
         ids[row["ord"] - 1] = row["id"]

@@ -12,24 +12,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
+import asyncpg
+import orjson
 from sqlalchemy import (
     BigInteger,
     DateTime,
-    Interval,
     Select,
     Text,
     and_,
     any_,
     bindparam,
-    func,
-    literal,
     select,
     tuple_,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tragwerk.domain.cases import Priority, SlaPolicy, Status, check_transition
@@ -38,10 +36,10 @@ from tragwerk.domain.errors import InvalidReference, NotFound, StaleVersion
 from tragwerk.domain.events import EventType
 from tragwerk.domain.observability import ModuleReporter
 from tragwerk.store import cursor
-from tragwerk.store.hot import CompiledQuery, fetch
-from tragwerk.store.outbox import case_event, enqueue
-from tragwerk.store.queries import Page, Row, page_by_id, read_only
-from tragwerk.store.tables import case_assignees, case_history, cases, locations, users
+from tragwerk.store.hot import CompiledQuery, Tx, fetch, transaction
+from tragwerk.store.outbox import case_event, enqueue_in
+from tragwerk.store.queries import Page, Row, case_writes, page_by_id, read_only
+from tragwerk.store.tables import case_assignees, case_history, cases, users
 
 SORTS = ("created", "sla_due")
 
@@ -211,18 +209,56 @@ CASE_BY_ID = CompiledQuery(
 )
 
 
-def _event(event_id: str | None, event_type: EventType) -> dict[str, str | None]:
-    """The history row's event columns (tragwerk reconcile compares them with the queue)."""
-    return {"event_id": event_id, "event_type": event_type.value if event_id else None}
-
-
-def _actor(principal: Principal | None) -> dict[str, int | None]:
-    if principal is None:
-        return {"actor_user_id": None, "actor_service_client_id": None}
+def _history(
+    action: str,
+    changes: dict[str, Any],
+    principal: Principal | None,
+    event_id: str | None,
+    event_type: EventType,
+) -> dict[str, Any]:
+    """The history row's parameters (case_writes): who did what, and the event it queued,
+    which tragwerk reconcile compares with the queue."""
     return {
-        "actor_user_id": principal.user_id,
-        "actor_service_client_id": principal.service_client_id,
+        "action": action,
+        "changes": orjson.dumps(changes).decode(),
+        "actor_user_id": principal.user_id if principal else None,
+        "actor_service_client_id": principal.service_client_id if principal else None,
+        "event_id": event_id,
+        "event_type": event_type.value if event_id else None,
     }
+
+
+async def _refuse_create(
+    tx: Tx, location_id: int, reporter_id: int, assignees: Sequence[int]
+) -> NoReturn:
+    """Raise what CREATE's checks refused, in the order they are documented: the
+    location, then the reporter, then the assignees."""
+    found = await tx.fetchrow(
+        case_writes.DIAGNOSE,
+        {"location_id": location_id, "people": [reporter_id, *assignees]},
+    )
+    if not found["location"]:
+        raise InvalidReference(f"location {location_id} does not exist")
+    _refuse(found, [reporter_id])
+    _refuse(found, assignees)
+    # Checked in this transaction a moment ago: something changed in between.
+    raise InvalidReference("a user or the location changed while the case was written; retry")
+
+
+async def _refuse_users(tx: Tx, user_ids: Sequence[int]) -> NoReturn:
+    """Raise which of `user_ids` do not exist or are deactivated."""
+    found = await tx.fetchrow(case_writes.DIAGNOSE, {"location_id": 0, "people": list(user_ids)})
+    _refuse(found, user_ids)
+    raise InvalidReference("a user changed while the case was written; retry")
+
+
+def _refuse(found: Any, user_ids: Sequence[int]) -> None:
+    missing = sorted(set(user_ids) - set(found["found"]))
+    if missing:
+        raise InvalidReference(f"users {missing} do not exist")
+    inactive = sorted(set(user_ids) & set(found["inactive"]))
+    if inactive:
+        raise InvalidReference(f"users {inactive} are deactivated and cannot be assigned")
 
 
 def _jsonable(value: Any) -> Any:
@@ -247,9 +283,9 @@ class CaseStore:
         self._reporter = reporter
         self._sla = sla
 
-    def _sla_interval(self, priority: Priority) -> Any:
+    def _sla_of(self, priority: Priority) -> timedelta:
         # The deadline is computed in SQL from the database clock, like created_at.
-        return literal(timedelta(hours=float(self._sla.hours[priority])), Interval)
+        return timedelta(hours=float(self._sla.hours[priority]))
 
     async def list(self, flt: CaseFilter, sort: str, after: str | None, limit: int) -> Page:
         shape, params = list_parameters(flt, sort, after, limit)
@@ -294,25 +330,6 @@ class CaseStore:
         except NotFound:
             return None
 
-    async def _check_location(self, conn: AsyncConnection, location_id: int) -> None:
-        found = await conn.scalar(select(locations.c.id).where(locations.c.id == location_id))
-        if found is None:
-            raise InvalidReference(f"location {location_id} does not exist")
-
-    async def _check_assignable(self, conn: AsyncConnection, user_ids: Sequence[int]) -> None:
-        if not user_ids:
-            return
-        rows = await conn.execute(
-            select(users.c.id, users.c.active).where(users.c.id.in_(list(user_ids)))
-        )
-        found: dict[int, bool] = dict(rows.all())
-        missing = sorted(set(user_ids) - set(found))
-        if missing:
-            raise InvalidReference(f"users {missing} do not exist")
-        inactive = sorted(uid for uid, active in found.items() if not active)
-        if inactive:
-            raise InvalidReference(f"users {inactive} are deactivated and cannot be assigned")
-
     async def create(
         self,
         *,
@@ -324,60 +341,39 @@ class CaseStore:
         assignee_ids: Sequence[int],
         principal: Principal | None,
     ) -> Row:
+        """One statement writes the case, its assignees and history (checks folded in),
+        one more its event: BEGIN, CREATE, enqueue, COMMIT (case_writes)."""
+        assignees = list(dict.fromkeys(assignee_ids))
+        people = list(dict.fromkeys([reporter_id, *assignees]))
+        event_id = self._event_id()
+        changes = {
+            "title": title,
+            "priority": priority.value,
+            "location_id": location_id,
+            "assignees": assignees,
+        }
+        params = {
+            "people": people,
+            "location_id": location_id,
+            "title": title,
+            "description": description,
+            "priority": priority.value,
+            "reporter_id": reporter_id,
+            "sla": self._sla_of(priority),
+            "assignees": assignees,
+            **_history("created", changes, principal, event_id, EventType.CASE_CREATED),
+        }
         with self._reporter.operation("create_case"):
-            async with self._engine.begin() as conn:
-                await self._check_location(conn, location_id)
-                await self._check_assignable(conn, [reporter_id])
-                await self._check_assignable(conn, assignee_ids)
-                due = func.now() + self._sla_interval(priority)
-                case_id = await conn.scalar(
-                    cases.insert()
-                    .values(
-                        title=title,
-                        description=description,
-                        priority=priority.value,
-                        location_id=location_id,
-                        reporter_id=reporter_id,
-                        sla_due_at=due,
-                    )
-                    .returning(cases.c.id)
-                )
-                assert case_id is not None
-                unique_assignees = list(dict.fromkeys(assignee_ids))
-                if unique_assignees:
-                    await conn.execute(
-                        case_assignees.insert(),
-                        [{"case_id": case_id, "user_id": u} for u in unique_assignees],
-                    )
-                event_id = self._event_id()
-                await conn.execute(
-                    case_history.insert().values(
-                        case_id=case_id,
-                        action="created",
-                        changes={
-                            "title": title,
-                            "priority": priority.value,
-                            "location_id": location_id,
-                            "assignees": unique_assignees,
-                        },
-                        **_actor(principal),
-                        **_event(event_id, EventType.CASE_CREATED),
-                    )
-                )
-                case = await self._get(conn, case_id)
-                await self._emit(conn, EventType.CASE_CREATED, case, event_id=event_id)
+            async with transaction(self._engine) as tx:
+                record = await tx.fetchrow(case_writes.CREATE, params)
+                if record is None:
+                    await _refuse_create(tx, location_id, reporter_id, assignees)
+                case = case_writes.created_row(record, assignees)
+                await self._emit(tx, EventType.CASE_CREATED, case, event_id=event_id)
                 return case
 
-    async def _lock(self, conn: AsyncConnection, case_id: int, version: int | None) -> Row:
-        row = (
-            (
-                await conn.execute(
-                    select(*DETAIL_COLUMNS).where(cases.c.id == case_id).with_for_update()
-                )
-            )
-            .mappings()
-            .first()
-        )
+    async def _lock(self, tx: Tx, case_id: int, version: int | None) -> Row:
+        row = await tx.fetchrow(case_writes.LOCK, {"case_id": case_id})
         if row is None:
             raise NotFound(f"case {case_id} does not exist")
         if version is not None and row["version"] != version:
@@ -394,7 +390,7 @@ class CaseStore:
 
     async def _emit(
         self,
-        conn: AsyncConnection,
+        tx: Tx,
         event_type: EventType,
         case: Row,
         recipients: Sequence[int] | None = None,
@@ -404,11 +400,11 @@ class CaseStore:
         """Record the event in this transaction: it exists exactly when the change does."""
         if event_id is not None:
             job = case_event(event_type, case, case["updated_at"], recipients, event_id)
-            await enqueue(conn, [job])
+            await enqueue_in(tx, [job])
 
     async def _bump(
         self,
-        conn: AsyncConnection,
+        tx: Tx,
         case_id: int,
         values: dict[str, Any],
         action: str,
@@ -417,23 +413,23 @@ class CaseStore:
         event: EventType,
         recipients: Sequence[int] | None = None,
     ) -> Row:
-        await conn.execute(
-            cases.update()
-            .where(cases.c.id == case_id)
-            .values(**values, version=cases.c.version + 1, updated_at=func.now())
-        )
+        """Set `values` on the locked case, count its version up, write the history row
+        and queue the event: two statements (case_writes.bump, enqueue)."""
         event_id = self._event_id()
-        await conn.execute(
-            case_history.insert().values(
-                case_id=case_id,
-                action=action,
-                changes=changes,
-                **_actor(principal),
-                **_event(event_id, event),
-            )
-        )
-        case = await self._get(conn, case_id)
-        await self._emit(conn, event, case, recipients, event_id=event_id)
+        params = {
+            "case_id": case_id,
+            **values,
+            **_history(action, changes, principal, event_id, event),
+        }
+        record = await tx.fetchrow(case_writes.bump(frozenset(values)), params)
+        assert record is not None, "the case is locked by this transaction"
+        case = case_writes.case_row(record)
+        await self._emit(tx, event, case, recipients, event_id=event_id)
+        return case
+
+    async def _unchanged(self, tx: Tx, case_id: int) -> Row:
+        case = await case_writes.read(tx, case_id)
+        assert case is not None, "the case is locked by this transaction"
         return case
 
     async def update(
@@ -441,8 +437,8 @@ class CaseStore:
     ) -> Row:
         """Change title, description, priority or location. The deadline follows the priority."""
         with self._reporter.operation("update_case"):
-            async with self._engine.begin() as conn:
-                current = await self._lock(conn, case_id, version)
+            async with transaction(self._engine) as tx:
+                current = await self._lock(tx, case_id, version)
                 values: dict[str, Any] = {}
                 changes: dict[str, Any] = {}
                 for name, value in fields.items():
@@ -450,27 +446,30 @@ class CaseStore:
                     if current[name] != new:
                         values[name] = new
                         changes[name] = [_jsonable(current[name]), _jsonable(new)]
-                if "location_id" in values:
-                    await self._check_location(conn, values["location_id"])
-                if "priority" in values:
-                    values["sla_due_at"] = cases.c.created_at + self._sla_interval(
-                        Priority(values["priority"])
-                    )
                 if not values:
-                    return await self._get(conn, case_id)
-                return await self._bump(
-                    conn, case_id, values, "updated", changes, principal, EventType.CASE_UPDATED
-                )
+                    return await self._unchanged(tx, case_id)
+                if "priority" in values:
+                    # The new deadline: this long after the case's creation (case_writes).
+                    values["sla_due_at"] = self._sla_of(Priority(values["priority"]))
+                try:
+                    return await self._bump(
+                        tx, case_id, values, "updated", changes, principal, EventType.CASE_UPDATED
+                    )
+                except asyncpg.ForeignKeyViolationError:
+                    # The only reference an update can change is the location.
+                    raise InvalidReference(
+                        f"location {values['location_id']} does not exist"
+                    ) from None
 
     async def change_status(
         self, case_id: int, version: int, target: Status, principal: Principal | None
     ) -> Row:
         with self._reporter.operation("change_status"):
-            async with self._engine.begin() as conn:
-                current = await self._lock(conn, case_id, version)
+            async with transaction(self._engine) as tx:
+                current = await self._lock(tx, case_id, version)
                 check_transition(Status(current["status"]), target)
                 return await self._bump(
-                    conn,
+                    tx,
                     case_id,
                     {"status": target.value},
                     "status_changed",
@@ -487,49 +486,41 @@ class CaseStore:
         principal: Principal | None,
     ) -> Row:
         with self._reporter.operation("add_assignees"):
-            async with self._engine.begin() as conn:
-                await self._lock(conn, case_id, version)
-                await self._check_assignable(conn, user_ids)
-                added = (
-                    (
-                        await conn.execute(
-                            pg_insert(case_assignees)
-                            .values([{"case_id": case_id, "user_id": u} for u in user_ids])
-                            .on_conflict_do_nothing()
-                            .returning(case_assignees.c.user_id)
-                        )
-                    )
-                    .scalars()
-                    .all()
+            async with transaction(self._engine) as tx:
+                await self._lock(tx, case_id, version)
+                wanted = list(dict.fromkeys(user_ids))
+                result = await tx.fetchrow(
+                    case_writes.ADD_ASSIGNEES, {"case_id": case_id, "user_ids": wanted}
                 )
+                if not result["ok"]:
+                    await _refuse_users(tx, wanted)
+                added = list(result["added"])
                 if not added:
-                    return await self._get(conn, case_id)
+                    return await self._unchanged(tx, case_id)
                 return await self._bump(
-                    conn,
+                    tx,
                     case_id,
                     {},
                     "assigned",
-                    {"added": sorted(added)},
+                    {"added": added},
                     principal,
                     EventType.CASE_ASSIGNED,
-                    recipients=sorted(added),
+                    recipients=added,
                 )
 
     async def remove_assignee(
         self, case_id: int, user_id: int, version: int | None, principal: Principal | None
     ) -> Row:
         with self._reporter.operation("remove_assignee"):
-            async with self._engine.begin() as conn:
-                await self._lock(conn, case_id, version)
-                removed = await conn.scalar(
-                    case_assignees.delete()
-                    .where(case_assignees.c.case_id == case_id, case_assignees.c.user_id == user_id)
-                    .returning(case_assignees.c.user_id)
+            async with transaction(self._engine) as tx:
+                await self._lock(tx, case_id, version)
+                removed = await tx.fetchrow(
+                    case_writes.REMOVE_ASSIGNEE, {"case_id": case_id, "user_id": user_id}
                 )
                 if removed is None:
                     raise NotFound(f"user {user_id} is not assigned to case {case_id}")
                 return await self._bump(
-                    conn,
+                    tx,
                     case_id,
                     {},
                     "unassigned",
