@@ -17,10 +17,12 @@ Three contenders, one after the other in the same run:
 The API process (and the ceiling's) is pinned to core 0, wrk to core 1; PostgreSQL
 (TRAGWERK_BENCH_DATABASE_URL, default the bench database of bench.list_cases) runs
 where it is scheduled. API CPU per request is the server's CPU time (main and worker
-process, from /proc) over the requests it answered. Creates post one case with one
+process, from /proc) over the requests it answered; its inverse, requests per API
+core-second, is the throughput per core of the API on a machine where PostgreSQL and
+the load generator do not share its core. Creates post one case with one
 assignee; status changes move fresh cases (made for each figure) from open to
 in_progress, each case once. Results: a table on stdout and
-bench/results/case_writes.json.
+bench/results/case_writes.json. `--table FILE` prints the table of a results file again.
 """
 
 from __future__ import annotations
@@ -214,8 +216,9 @@ def _serve_here(target: str, port: int) -> None:
 
 def _table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     lines = [
-        "| write | contender | per s | p50 ms | p99 ms | API CPU ms/req | errors |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| write | contender | per s | p50 ms | p99 ms | API CPU ms/req | per API core-second |"
+        " errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     keys = list(next(iter(results.values())))
     for key in keys:
@@ -225,7 +228,8 @@ def _table(results: dict[str, dict[str, dict[str, float]]]) -> str:
                 continue
             lines.append(
                 f"| {key.replace(' c', ', ')} conn. | {contender} | {f['per_s']:.0f} |"
-                f" {f['p50_ms']:.1f} | {f['p99_ms']:.1f} | {f['cpu_ms']:.2f} | {f['errors']:.0f} |"
+                f" {f['p50_ms']:.1f} | {f['p99_ms']:.1f} | {f['cpu_ms']:.2f} |"
+                f" {1000 / f['cpu_ms']:.0f} | {f['errors']:.0f} |"
             )
     return "\n".join(lines)
 
@@ -237,11 +241,15 @@ def main() -> None:
     parser.add_argument("--status-cases", type=int, default=40_000,
                         help="fresh cases per status-change figure")  # fmt: skip
     parser.add_argument("--only", choices=["tragwerk", "before", "ceiling"], action="append")
+    parser.add_argument("--table", type=Path, help="print the table of a results file")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=PORT, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         _serve_here(args.serve, args.port)
+        return
+    if args.table:
+        print(_table(json.loads(args.table.read_text())))
         return
     args.connections = [int(c) for c in args.connections.split(",")]
     url = os.environ.get("TRAGWERK_BENCH_DATABASE_URL", DEFAULT_URL)
