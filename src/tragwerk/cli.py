@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="jobs claimed per statement (default TRAGWERK_WORKER_BATCH, or min(100, concurrency))",
     )
+    worker.add_argument(
+        "--autoscale",
+        metavar="MIN:MAX",
+        help="run between MIN and MAX worker processes, one more when a priority class waits"
+        " past its budget (TRAGWERK_QUEUE_BUDGETS), one fewer when the queue is idle",
+    )
 
     jobs = sub.add_parser(
         "jobs", help="held jobs: list them, queue them again; jobs of dead workers"
@@ -142,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911, PLR0912 - 
             return 2
         if args.batch is not None:
             settings = settings.with_overrides(worker_batch=args.batch)
-        return _worker(settings, args.concurrency or settings.worker_concurrency)
+        return _worker(settings, args.concurrency or settings.worker_concurrency, args.autoscale)
     if command == "jobs":
         if args.jobs_command == "held":
             return _with_database(settings, lambda url: _jobs_held(url, args.limit))
@@ -407,13 +413,26 @@ def _api(settings: Settings, workers: int) -> int:
     return _with_database(settings, lambda url: _serve(settings, url, workers=workers))
 
 
-def _worker(settings: Settings, concurrency: int) -> int:
+def _worker(settings: Settings, concurrency: int, autoscale: str | None = None) -> int:
     if concurrency < 2:
         print("tragwerk: --concurrency must be at least 2", file=sys.stderr)
         return 2
+    scale = None
+    if autoscale is not None:
+        from tragwerk.domain.queue_scaling import ScaleRange
+
+        try:
+            scale = ScaleRange.parse(autoscale)
+        except ValueError as exc:
+            print(f"tragwerk: {exc}", file=sys.stderr)
+            return 2
     if _refuse_shared(settings, "worker", "'tragwerk up' runs a worker inside its own process"):
         return 2
     assert settings.database_url is not None
+    if scale is not None:
+        from tragwerk.scaling.autoscale import serve_autoscaled
+
+        return asyncio.run(serve_autoscaled(settings, settings.database_url, scale, concurrency))
     from tragwerk.jobs.process import serve_worker
 
     return asyncio.run(serve_worker(settings, settings.database_url, concurrency))

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tragwerk.domain.cases import SlaPolicy
+from tragwerk.domain.queue_scaling import DEFAULT_BUDGETS, parse_budgets
 from tragwerk.domain.rates import rate_problem
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -159,6 +160,12 @@ class Settings:
     restart_cap_seconds: float = 30.0
     crash_loop_crashes: int = 5
     crash_loop_seconds: float = 300.0
+    # `tragwerk worker --autoscale` (tragwerk.scaling.autoscale): per priority class, how
+    # long its oldest due job may wait before one more worker process starts; how often
+    # the queue is read; how long it must have had nothing due before one retires.
+    queue_budgets: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_BUDGETS))
+    autoscale_interval_seconds: float = 5.0
+    autoscale_cooldown_seconds: float = 60.0
     # Every process records itself (GET /v1/admin/instances) this often; three missed
     # heartbeats show it as lost.
     instance_heartbeat_seconds: float = 10.0
@@ -181,6 +188,10 @@ class Settings:
             sla_policy = SlaPolicy.parse(env.get("TRAGWERK_SLA_HOURS", ""))
         except ValueError as exc:
             raise SettingsError(f"TRAGWERK_SLA_HOURS: {exc}") from None
+        try:
+            queue_budgets = parse_budgets(env.get("TRAGWERK_QUEUE_BUDGETS", ""))
+        except ValueError as exc:
+            raise SettingsError(f"TRAGWERK_QUEUE_BUDGETS: {exc}") from None
         settings = cls(
             database_url=env.get("TRAGWERK_DATABASE_URL") or None,
             data_dir=Path(env.get("TRAGWERK_DATA_DIR") or "var"),
@@ -253,6 +264,11 @@ class Settings:
             restart_cap_seconds=_float(env, "TRAGWERK_RESTART_CAP_SECONDS", 30.0, 0.01),
             crash_loop_crashes=_int(env, "TRAGWERK_CRASH_LOOP_CRASHES", 5, minimum=2),
             crash_loop_seconds=_float(env, "TRAGWERK_CRASH_LOOP_SECONDS", 300.0, 1.0),
+            queue_budgets=queue_budgets,
+            autoscale_interval_seconds=_float(env, "TRAGWERK_AUTOSCALE_INTERVAL_SECONDS", 5.0, 0.1),
+            autoscale_cooldown_seconds=_float(
+                env, "TRAGWERK_AUTOSCALE_COOLDOWN_SECONDS", 60.0, 0.0
+            ),
             instance_heartbeat_seconds=_float(
                 env, "TRAGWERK_INSTANCE_HEARTBEAT_SECONDS", 10.0, 0.1
             ),

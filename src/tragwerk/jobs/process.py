@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 from typing import Any
 
 import orjson
@@ -26,6 +25,7 @@ from starlette.routing import Route
 
 import tragwerk
 from tragwerk.jobs.worker import Worker
+from tragwerk.monitoring.health_port import bind_health_port
 from tragwerk.monitoring.metrics import CONTENT_TYPE, Metrics
 from tragwerk.monitoring.supervisor import Supervisor, SupervisorCollector
 from tragwerk.settings import Settings
@@ -71,33 +71,6 @@ async def worker_states(worker: Worker) -> dict[str, Any]:
         "breakers_open": sorted(worker.breakers.not_closed()),
     }
     return states
-
-
-PORTS_TRIED = 50  # a busy port: this many above it are tried before giving up
-
-
-def bind_health_port(host: str, port: int) -> socket.socket:
-    """A listening socket on `port`, or on the next free port above it; 0: any port.
-
-    Several workers on one host all read the same TRAGWERK_WORKER_PORT; the second
-    one found it taken and exited (status 3). Now each takes the next free port.
-    """
-    last: OSError | None = None
-    for candidate in [0] if port == 0 else range(port, min(port + PORTS_TRIED, 65536)):
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, candidate))
-        except OSError as exc:
-            sock.close()
-            last = exc
-            continue
-        sock.listen(128)
-        if port not in (candidate, 0):
-            log.warning("worker port taken, using the next free one", wanted=port, port=candidate)
-        return sock
-    raise OSError(f"no free port from {port} to {port + PORTS_TRIED - 1}: {last}")
 
 
 async def serve_worker(settings: Settings, database_url: str, concurrency: int) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tragwerk.domain.queue_scaling import CLASS_FLOORS
 from tragwerk.store.queries import Row, read_only
 
 _HELD = text(
@@ -118,6 +119,29 @@ _STATS = text(
 )
 
 
+def _class_case() -> str:
+    whens = " ".join(
+        f"WHEN priority >= {floor} THEN '{name}'" for name, floor in CLASS_FLOORS if floor
+    )
+    return f"CASE {whens} ELSE 'bulk' END"
+
+
+# Per priority class (tragwerk.domain.queue_scaling), the jobs that may run now and how
+# long the oldest of them has waited since it became due; the autoscaler's input and
+# tragwerk_jobs_oldest_queued_seconds. Reads only queued rows (the partial indexes
+# on status = 'queued'), whatever the size of the log.
+_LAG = text(
+    f"""
+    SELECT {_class_case()} AS class, count(*) AS queued,
+           CAST(extract(epoch FROM now() - min(greatest(created, execute_after))) AS float8)
+             AS oldest_seconds
+    FROM pgqueuer
+    WHERE status = 'queued' AND execute_after <= now()
+    GROUP BY 1
+    """
+)
+
+
 def _last_error(value: Any) -> str | None:
     if not isinstance(value, dict):
         return None
@@ -194,6 +218,13 @@ class JobStore:
 
     async def summary(self, heartbeat_timeout: timedelta) -> QueueSummary:
         return QueueSummary.of(await self.stats(heartbeat_timeout))
+
+    async def lag(self) -> dict[str, tuple[int, float]]:
+        """class -> (jobs due now, seconds the oldest of them has waited); classes with
+        nothing due are absent."""
+        async with self._reader.connect() as conn:
+            rows = (await conn.execute(_LAG)).mappings().all()
+        return {str(r["class"]): (int(r["queued"]), float(r["oldest_seconds"])) for r in rows}
 
     async def stats(self, heartbeat_timeout: timedelta) -> list[Row]:
         """Jobs per kind, state (queued, failed = held, orphaned) and priority band."""

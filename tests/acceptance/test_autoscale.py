@@ -1,0 +1,142 @@
+"""`tragwerk worker --autoscale MIN:MAX` as a real process with real worker processes.
+
+A backlog of webhook deliveries to a slow receiver (each answer takes 0.4 s) makes the
+normal class wait past its (test-sized) budget: the autoscaler grows to MAX; once every
+delivery is made, the idle queue shrinks it back to MIN after the cool-down; SIGTERM
+stops it and every worker process, exit status 0. Budgets, check interval and
+cool-down are shortened through their settings; the logic is the shipped one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.acceptance.test_worker_processes import api_on, worker_env
+from tests.processes import served_database, until
+from tests.receivers import WebhookReceiver
+from tests.services import free_port
+
+SECRET = "autoscale-secret-0123456789"
+CASES = 40
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Iterator[str]:
+    with served_database(tmp_path, "tragwerk_autoscale") as url:
+        yield url
+
+
+async def _backlog(database: str, hook: str) -> set[int]:
+    """A webhook subscription to `hook` and CASES new cases: the ids of the cases."""
+    api, app = await api_on(database)
+    async with app.router.lifespan_context(app):
+        await api.subscribe(hook, SECRET)
+        location = await api.location()
+        return {(await api.case(location))["id"] for _ in range(CASES)}
+
+
+def _metric(port: int, name: str) -> float | None:
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return None
+    found = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else None
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found |= {int(c) for c in (task / "children").read_text().split()}
+        except OSError:
+            continue
+    return found
+
+
+def test_workers_follow_the_queue_up_to_max_and_back_to_min(database: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = worker_env(
+        database,
+        None,
+        TRAGWERK_WORKER_PORT=str(port),
+        TRAGWERK_QUEUE_BUDGETS="sla=1,high=1,normal=1,bulk=1",
+        TRAGWERK_AUTOSCALE_INTERVAL_SECONDS="0.5",
+        TRAGWERK_AUTOSCALE_COOLDOWN_SECONDS="2",
+        TRAGWERK_LOG_LEVEL="info",
+    )
+    log = tmp_path / "autoscale.log"
+    with WebhookReceiver(answer=lambda _n: (200, {}, 0.4)) as receiver:
+        created = asyncio.run(_backlog(database, receiver.url()))
+        with log.open("ab") as out:
+            scaler = subprocess.Popen(
+                [sys.executable, "-m", "tragwerk.cli", "worker", "--autoscale", "1:3",
+                 "--concurrency", "2"],
+                env=env, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            # 40 deliveries of 0.4 s, two at a time per process: about 8 s for one
+            # process, so the normal class waits past its 1 s budget until MAX runs.
+            until(
+                lambda: _metric(port, "tragwerk_autoscale_processes") == 3,
+                within=60,
+                what="three worker processes",
+            )
+            assert len(_children(scaler.pid)) == 3
+            until(
+                lambda: created <= {json.loads(r.body)["case"]["id"] for r in receiver.received},
+                within=120,
+                what="every case's webhook delivered",
+            )
+            # Nothing due any more: one process retires per cool-down, down to MIN.
+            until(
+                lambda: _metric(port, "tragwerk_autoscale_processes") == 1,
+                within=60,
+                what="back to one worker process",
+            )
+            until(lambda: len(_children(scaler.pid)) == 1, within=30, what="one child left")
+            workers_seen = _children(scaler.pid)
+        finally:
+            scaler.send_signal(signal.SIGTERM)
+            try:
+                code = scaler.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                scaler.kill()
+                raise
+    output = log.read_text()
+    assert code == 0, output[-4000:]
+    for pid in workers_seen:
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+        ), f"worker process {pid} outlived the autoscaler"
+    ups = [line for line in output.splitlines() if "one more worker process" in line]
+    downs = [line for line in output.splitlines() if "one worker process fewer" in line]
+    assert len(ups) >= 3, output[-4000:]  # the first for the minimum, two for the backlog
+    assert any("normal jobs waited" in line for line in ups), ups
+    assert len(downs) >= 2, downs
+    assert all("no job due" in line for line in downs), downs
+    # Every case's delivery made while processes came and went (at least once: a
+    # copy after a late heartbeat is allowed by design and carries the same event id).
+    assert len({r.headers["X-Tragwerk-Event-Id"] for r in receiver.received}) == CASES
+
+
+def test_a_bad_range_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAGWERK_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "tragwerk.cli", "worker", "--autoscale", "3:1"],
+        env=env, capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--autoscale wants 1 <= MIN <= MAX" in done.stderr
