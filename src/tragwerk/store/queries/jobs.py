@@ -13,6 +13,7 @@ listed here with the id of the worker that had it (`queue_manager_id`, the one i
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -130,16 +131,28 @@ def _class_case() -> str:
 # long the oldest of them has waited since it became due; the autoscaler's input and
 # tragwerk_jobs_oldest_queued_seconds. Reads only queued rows (the partial indexes
 # on status = 'queued'), whatever the size of the log.
-_LAG = text(
-    f"""
+LAG_SQL = f"""
     SELECT {_class_case()} AS class, count(*) AS queued,
            CAST(extract(epoch FROM now() - min(greatest(created, execute_after))) AS float8)
              AS oldest_seconds
     FROM pgqueuer
     WHERE status = 'queued' AND execute_after <= now()
     GROUP BY 1
-    """
-)
+"""
+_LAG = text(LAG_SQL)
+
+
+def keda_lag_query(budgets: Mapping[str, float]) -> str:
+    """The lag query as one integer for KEDA's postgresql scaler (deploy/kubernetes):
+    how many of its budgets the latest class's oldest due job has waited, rounded up;
+    0 when nothing is due. With targetQueryValue 1 the worker Deployment gets that many
+    replicas (between KEDA's minimum and maximum)."""
+    values = ", ".join(f"('{name}', {seconds:g})" for name, seconds in budgets.items())
+    return (
+        "SELECT CAST(ceil(coalesce(max(lag.oldest_seconds / b.budget), 0)) AS bigint)"
+        f" FROM ({' '.join(LAG_SQL.split())}) AS lag"
+        f" JOIN (VALUES {values}) AS b(class, budget) USING (class)"
+    )
 
 
 def _last_error(value: Any) -> str | None:
