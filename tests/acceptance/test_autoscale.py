@@ -18,14 +18,18 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.acceptance.test_worker_processes import api_on, worker_env
+from tests.conftest import GENEROUS, make_api
 from tests.processes import served_database, until
 from tests.receivers import WebhookReceiver
 from tests.services import free_port
+from tragwerk.domain.cases import SlaPolicy
+from tragwerk.settings import Settings
 
 SECRET = "autoscale-secret-0123456789"
 CASES = 40
@@ -130,6 +134,71 @@ def test_workers_follow_the_queue_up_to_max_and_back_to_min(database: str, tmp_p
     # Every case's delivery made while processes came and went (at least once: a
     # copy after a late heartbeat is allowed by design and carries the same event id).
     assert len({r.headers["X-Tragwerk-Event-Id"] for r in receiver.received}) == CASES
+
+
+async def _sla_case_behind_bulk(database: str, hook: str) -> int:
+    """CASES low-priority cases (bulk webhooks), then one critical case whose SLA runs out
+    about a second later: its id."""
+    settings = Settings(
+        database_url=database,
+        **GENEROUS,
+        job_heartbeat_timeout_seconds=2.0,
+        sla_policy=SlaPolicy.parse("critical=0.0003"),
+    )
+    api, app = await make_api(database, settings)
+    async with app.router.lifespan_context(app):
+        await api.subscribe(hook, SECRET)
+        location = await api.location()
+        for _ in range(CASES):
+            await api.case(location, priority="low")
+        return int((await api.case(location, priority="critical"))["id"])
+
+
+def test_sla_work_jumps_a_bulk_backlog(database: str, tmp_path: Path) -> None:
+    """While bulk deliveries wait (their 600 s budget is far off, so no process is
+    added for them), the SLA monitor's event for a case past its deadline is delivered
+    long before the bulk backlog is."""
+    env = worker_env(
+        database,
+        None,
+        TRAGWERK_QUEUE_BUDGETS="sla=3",
+        TRAGWERK_AUTOSCALE_INTERVAL_SECONDS="0.5",
+        TRAGWERK_SLA_SCAN_SECONDS="0.5",
+        TRAGWERK_LOG_LEVEL="info",
+    )
+    log = tmp_path / "autoscale.log"
+    with WebhookReceiver(answer=lambda _n: (200, {}, 0.3)) as receiver:
+        critical = asyncio.run(_sla_case_behind_bulk(database, receiver.url()))
+        with log.open("ab") as out:
+            scaler = subprocess.Popen(
+                [sys.executable, "-m", "tragwerk.cli", "worker", "--autoscale", "1:2",
+                 "--concurrency", "2"],
+                env=env, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+
+            def bodies() -> list[dict[str, Any]]:
+                return [json.loads(r.body) for r in list(receiver.received)]
+
+            def sla_delivered() -> bool:
+                return any(
+                    b["type"].startswith("case.sla_") and b["case"]["id"] == critical
+                    for b in bodies()
+                )
+
+            until(sla_delivered, within=60, what="the SLA event's delivery")
+            bulk_done = sum(
+                1
+                for b in bodies()
+                if b["type"] == "case.created" and b["case"]["priority"] == "low"
+            )
+            until(lambda: len(bodies()) >= CASES + 2, within=120, what="every delivery")
+        finally:
+            scaler.send_signal(signal.SIGTERM)
+            code = scaler.wait(timeout=60)
+    assert code == 0, log.read_text()[-4000:]
+    # Queued behind all of them, delivered while most still waited.
+    assert bulk_done < CASES / 2, (bulk_done, log.read_text()[-2000:])
 
 
 def test_a_bad_range_is_refused_before_anything_starts(tmp_path: Path) -> None:
