@@ -50,6 +50,15 @@ async def _backlog(database: str, hook: str) -> set[int]:
         return {(await api.case(location))["id"] for _ in range(CASES)}
 
 
+def _autoscaler(env: dict[str, str], log: Path, scale: str) -> subprocess.Popen[bytes]:
+    """`tragwerk worker --autoscale SCALE --concurrency 2`, its output to `log`."""
+    command = [sys.executable, "-m", "tragwerk.cli", "worker", "--autoscale", scale]
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [*command, "--concurrency", "2"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
 def _metric(port: int, name: str) -> float | None:
     try:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
@@ -83,12 +92,7 @@ def test_workers_follow_the_queue_up_to_max_and_back_to_min(database: str, tmp_p
     log = tmp_path / "autoscale.log"
     with WebhookReceiver(answer=lambda _n: (200, {}, 0.4)) as receiver:
         created = asyncio.run(_backlog(database, receiver.url()))
-        with log.open("ab") as out:
-            scaler = subprocess.Popen(
-                [sys.executable, "-m", "tragwerk.cli", "worker", "--autoscale", "1:3",
-                 "--concurrency", "2"],
-                env=env, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+        scaler = _autoscaler(env, log, "1:3")
         try:
             # 40 deliveries of 0.4 s, two at a time per process: about 8 s for one
             # process, so the normal class waits past its 1 s budget until MAX runs.
@@ -169,12 +173,7 @@ def test_sla_work_jumps_a_bulk_backlog(database: str, tmp_path: Path) -> None:
     log = tmp_path / "autoscale.log"
     with WebhookReceiver(answer=lambda _n: (200, {}, 0.3)) as receiver:
         critical = asyncio.run(_sla_case_behind_bulk(database, receiver.url()))
-        with log.open("ab") as out:
-            scaler = subprocess.Popen(
-                [sys.executable, "-m", "tragwerk.cli", "worker", "--autoscale", "1:2",
-                 "--concurrency", "2"],
-                env=env, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+        scaler = _autoscaler(env, log, "1:2")
         try:
 
             def bodies() -> list[dict[str, Any]]:

@@ -11,13 +11,11 @@ restarts it (docs/commands.md lists every status).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from typing import Any
 
 import orjson
 import structlog
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,7 +23,7 @@ from starlette.routing import Route
 
 import tragwerk
 from tragwerk.jobs.worker import Worker
-from tragwerk.monitoring.health_port import bind_health_port
+from tragwerk.monitoring.health_port import HealthServer
 from tragwerk.monitoring.metrics import CONTENT_TYPE, Metrics
 from tragwerk.monitoring.supervisor import Supervisor, SupervisorCollector
 from tragwerk.settings import Settings
@@ -83,8 +81,7 @@ async def serve_worker(settings: Settings, database_url: str, concurrency: int) 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     engine = create_engine(database_url, pool_size=min(10, concurrency), max_overflow=0)
     worker = Worker(settings, database_url, engine, Metrics(), concurrency=concurrency)
-    server: uvicorn.Server | None = None
-    server_task: asyncio.Task[None] | None = None
+    health: HealthServer | None = None
     failed = False
     supervisor = Supervisor()
     worker.metrics.registry.register(SupervisorCollector(supervisor))
@@ -98,19 +95,10 @@ async def serve_worker(settings: Settings, database_url: str, concurrency: int) 
     try:
         await worker.start()
         if settings.worker_port is not None:
-            sock = bind_health_port(settings.host, settings.worker_port)
-            host, port = sock.getsockname()[:2]
-            recorder.address = f"{host}:{port}"
-            log.info("worker health and metrics", url=f"http://{host}:{port}/metrics")
-            server = uvicorn.Server(
-                uvicorn.Config(
-                    health_app(worker),
-                    log_config=None,
-                    access_log=False,
-                    server_header=False,
-                )
-            )
-            server_task = asyncio.create_task(server.serve(sockets=[sock]))
+            health = HealthServer(health_app(worker), settings.host, settings.worker_port)
+            recorder.address = health.address
+            log.info("worker health and metrics", url=f"http://{health.address}/metrics")
+            health.start()
         supervisor.start("instance", recorder.run)
         waiters = {asyncio.create_task(stop.wait()), asyncio.create_task(worker.wait())}
         done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -124,10 +112,8 @@ async def serve_worker(settings: Settings, database_url: str, concurrency: int) 
             log.error("the queue connection failed; stopping so that a supervisor restarts us")
     finally:
         await supervisor.stop()
-        if server is not None and server_task is not None:
-            server.should_exit = True
-            with contextlib.suppress(BaseException):
-                await server_task
+        if health is not None:
+            await health.stop()
         await worker.stop()
         await recorder.stopped()
         await engine.dispose()

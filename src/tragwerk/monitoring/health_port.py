@@ -6,9 +6,13 @@ the next free port above it, and the log says which.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 
 import structlog
+import uvicorn
+from starlette.types import ASGIApp
 
 log = structlog.get_logger("tragwerk.health_port")
 
@@ -37,3 +41,25 @@ def bind_health_port(host: str, port: int) -> socket.socket:
             log.warning("worker port taken, using the next free one", wanted=port, port=candidate)
         return sock
     raise OSError(f"no free port from {port} to {port + PORTS_TRIED - 1}: {last}")
+
+
+class HealthServer:
+    """`app` (health and metrics) served by uvicorn on the port `bind_health_port` gives."""
+
+    def __init__(self, app: ASGIApp, host: str, port: int) -> None:
+        self._sock = bind_health_port(host, port)
+        bound_host, bound_port = self._sock.getsockname()[:2]
+        self.address = f"{bound_host}:{bound_port}"
+        config = uvicorn.Config(app, log_config=None, access_log=False, server_header=False)
+        self._server = uvicorn.Server(config)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]))
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._server.should_exit = True
+        with contextlib.suppress(BaseException):
+            await self._task

@@ -30,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
-import uvicorn
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -38,7 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tragwerk.domain.queue_scaling import CLASSES, ScaleRange, decide
-from tragwerk.monitoring.health_port import bind_health_port
+from tragwerk.monitoring.health_port import HealthServer
 from tragwerk.monitoring.metrics import CONTENT_TYPE
 from tragwerk.monitoring.supervisor import Backoff, Supervisor, SupervisorCollector
 from tragwerk.settings import Settings
@@ -295,8 +294,7 @@ async def serve_autoscaled(
     scaler = Autoscaler(
         settings, database_url, scale, worker_command(concurrency, settings.worker_batch)
     )
-    server: uvicorn.Server | None = None
-    server_task: asyncio.Task[None] | None = None
+    health: HealthServer | None = None
     log.info(
         "autoscaler started",
         minimum=scale.minimum,
@@ -307,12 +305,9 @@ async def serve_autoscaled(
     try:
         if settings.worker_port is not None:
             # Bound first: the worker processes take the next free ports above it.
-            sock = bind_health_port(settings.host, settings.worker_port)
-            host, port = sock.getsockname()[:2]
-            log.info("autoscaler health and metrics", url=f"http://{host}:{port}/metrics")
-            config = uvicorn.Config(_app(scaler), log_config=None, access_log=False)
-            server = uvicorn.Server(config)
-            server_task = asyncio.create_task(server.serve(sockets=[sock]))
+            health = HealthServer(_app(scaler), settings.host, settings.worker_port)
+            log.info("autoscaler health and metrics", url=f"http://{health.address}/metrics")
+            health.start()
         while not stop.is_set():
             await scaler.step()
             with contextlib.suppress(TimeoutError):
@@ -320,10 +315,8 @@ async def serve_autoscaled(
         log.info("autoscaler stopping its worker processes", processes=scaler.processes)
     finally:
         await scaler.close()
-        if server is not None and server_task is not None:
-            server.should_exit = True
-            with contextlib.suppress(BaseException):
-                await server_task
+        if health is not None:
+            await health.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("autoscaler stopped")
