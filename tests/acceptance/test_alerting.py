@@ -182,10 +182,14 @@ def fast_rules(path: Path) -> Path:
     return path
 
 
-def prometheus_config(path: Path, api: int, worker: int, alertmanager: int) -> Path:
+def prometheus_config(
+    path: Path, api: int, worker: int, alertmanager: int, *, rules: bool = True
+) -> Path:
+    """deploy/prometheus's configuration for the test's instances; `rules=False` leaves
+    the alert rules out (loaded by a reload once every target has been scraped)."""
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
-    config["rule_files"] = [str(fast_rules(path.parent / "alerts.yml"))]
+    config["rule_files"] = [str(fast_rules(path.parent / "alerts.yml"))] if rules else []
     config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [
         f"127.0.0.1:{alertmanager}"
     ]
@@ -307,10 +311,16 @@ def test_a_killed_worker_alerts_the_support_team_once_then_resolves(
             tmp_path / "alertmanager.log",
         )  # fmt: skip
         (tmp_path / "prom").mkdir()
-        config = prometheus_config(tmp_path / "prometheus.yml", api_port, worker_port, am_port)
+        # Without rules at first: evaluated before the first scrapes, TragwerkNoWorker's
+        # absent() would be pending from the start and, with `for` scaled to 2 s, fire
+        # whenever the first scrape of the worker comes late (seen under load).
+        config = prometheus_config(
+            tmp_path / "prometheus.yml", api_port, worker_port, am_port, rules=False
+        )
         prom = Daemon(
             [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'prom'}",
-             f"--web.listen-address=127.0.0.1:{prom_port}", "--rules.alert.resend-delay=1s"],
+             f"--web.listen-address=127.0.0.1:{prom_port}", "--rules.alert.resend-delay=1s",
+             "--web.enable-lifecycle"],
             tmp_path / "prometheus.log",
         )  # fmt: skip
         worker = start_worker()
@@ -324,6 +334,11 @@ def test_a_killed_worker_alerts_the_support_team_once_then_resolves(
                 return len(targets) == 2 and all(t["health"] == "up" for t in targets)
 
             wait_until(all_up, 30, "both instances scraped")
+            prometheus_config(tmp_path / "prometheus.yml", api_port, worker_port, am_port)
+            httpx.post(f"http://127.0.0.1:{prom_port}/-/reload", timeout=10).raise_for_status()
+            wait_until(
+                lambda: httpx.get(f"{base}/rules").json()["data"]["groups"], 30, "rules loaded"
+            )
             time.sleep(3)  # a few evaluations with everything up: nothing may fire
             assert not hooks.received, [r.body for r in hooks.received]
 
