@@ -24,10 +24,11 @@ import httpx
 import pytest
 
 from tests.acceptance.test_worker_processes import api_on, worker_env
-from tests.conftest import GENEROUS, make_api
-from tests.processes import served_database, until
+from tests.conftest import GENEROUS, create_database, make_api
+from tests.private_postgres import private_postgres
+from tests.processes import served_database, start, until
 from tests.receivers import WebhookReceiver
-from tests.services import free_port
+from tests.services import free_port, require_program
 from tragwerk.domain.cases import SlaPolicy
 from tragwerk.settings import Settings
 
@@ -198,6 +199,63 @@ def test_sla_work_jumps_a_bulk_backlog(database: str, tmp_path: Path) -> None:
     assert code == 0, log.read_text()[-4000:]
     # Queued behind all of them, delivered while most still waited.
     assert bulk_done < CASES / 2, (bulk_done, log.read_text()[-2000:])
+
+
+def _ready(port: int) -> int:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def test_a_killed_worker_process_is_replaced_and_a_lost_database_is_survived(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL to a worker process: a new one starts, the crash is counted. The
+    database stopped: the autoscaler stays up and says why it is not ready; started
+    again: ready, with its worker process back."""
+    require_program("runuser", "it comes with util-linux")
+    with private_postgres("127.0.0.1", free_port(), durable=True) as pg:
+        url = asyncio.run(create_database(pg.url, prefix="tragwerk_autoscale_faults"))
+        migrate = start(tmp_path, "migrate", env={"TRAGWERK_DATABASE_URL": url})
+        out, _ = migrate.communicate(timeout=120)
+        assert migrate.returncode == 0, out
+        port = free_port()
+        env = worker_env(
+            url,
+            None,
+            TRAGWERK_WORKER_PORT=str(port),
+            TRAGWERK_AUTOSCALE_INTERVAL_SECONDS="0.5",
+            TRAGWERK_RESTART_INITIAL_SECONDS="0.2",
+            TRAGWERK_RESTART_CAP_SECONDS="2",
+            TRAGWERK_LOG_LEVEL="info",
+        )
+        log = tmp_path / "autoscale.log"
+        scaler = _autoscaler(env, log, "1:2")
+        try:
+            until(lambda: _ready(port) == 200, within=60, what="the autoscaler ready")
+            (first,) = until(lambda: _children(scaler.pid), within=30, what="a worker process")
+            os.kill(first, signal.SIGKILL)
+            until(
+                lambda: _children(scaler.pid) - {first},
+                within=30,
+                what="a new worker process in place of the killed one",
+            )
+            crashes = r'tragwerk_task_crashes_total{task="worker-1"}'
+            until(lambda: _metric(port, re.escape(crashes)) == 1, within=10, what="the crash")
+
+            pg.stop("immediate")
+            until(lambda: _ready(port) == 503, within=30, what="not ready without the database")
+            assert scaler.poll() is None
+            pg.start()
+            until(lambda: _ready(port) == 200, within=90, what="ready again")
+            until(lambda: _children(scaler.pid), within=60, what="a worker process again")
+        finally:
+            scaler.send_signal(signal.SIGTERM)
+            code = scaler.wait(timeout=60)
+    output = log.read_text()
+    assert code == 0, output[-4000:]
+    assert "autoscale: cannot read the queue" in output
 
 
 def test_a_bad_range_is_refused_before_anything_starts(tmp_path: Path) -> None:
