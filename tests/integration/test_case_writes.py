@@ -17,7 +17,7 @@ import httpx
 
 from tests.conftest import Api
 from tragwerk.store.database import QueryCounter
-from tragwerk.store.outbox import _ENQUEUE_SQL
+from tragwerk.store.outbox import ENQUEUE_SQL
 from tragwerk.store.queries import case_writes
 
 NAMES = {
@@ -26,7 +26,7 @@ NAMES = {
     case_writes.READ.sql: "read",
     case_writes.ADD_ASSIGNEES.sql: "add assignees",
     case_writes.REMOVE_ASSIGNEE.sql: "remove assignee",
-    _ENQUEUE_SQL: "enqueue",
+    ENQUEUE_SQL: "enqueue",
     "BEGIN": "BEGIN",
     "COMMIT": "COMMIT",
     "ROLLBACK": "ROLLBACK",

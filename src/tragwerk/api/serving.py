@@ -73,8 +73,9 @@ def grace_seconds(settings: Settings, *, with_worker: bool) -> int:
     """
     grace = settings.shutdown_grace_seconds
     if with_worker:
+        # The smallest grace whose kill timeout (grace less the wait) still holds `needed`.
         needed = settings.worker_grace_seconds + 5
-        grace = max(grace, needed + starting_wait_seconds(grace), needed * 1.5)
+        grace = max(grace, needed + min(10.0, needed / 2))
     return max(1, round(grace))
 
 

@@ -81,18 +81,19 @@ class Tx:
         self._raw = raw
         self._watchers = watchers
 
-    def _report(self, sql: str) -> None:
+    def report(self, sql: str) -> None:
+        """Tell the watchers (statement counting) of a round trip."""
         for watcher in self._watchers:
             watcher(sql)
 
     async def fetchrow(self, query: CompiledQuery, params: Mapping[str, Any]) -> Any:
         """The first row of `query`, or None."""
-        self._report(query.sql)
+        self.report(query.sql)
         return await self._raw.fetchrow(query.sql, *query.args(params))
 
     async def fetch(self, sql: str, *args: Any) -> Sequence[Any]:
         """Every row of a statement given as SQL (one another library built, say)."""
-        self._report(sql)
+        self.report(sql)
         records: Sequence[Any] = await self._raw.fetch(sql, *args)
         return records
 
@@ -115,18 +116,18 @@ async def transaction(engine: AsyncEngine) -> AsyncIterator[Tx]:
         assert raw is not None
         watchers = _WATCHERS.get(engine.sync_engine.pool, ()) if _WATCHERS else ()
         tx = Tx(raw, tuple(watchers))
-        tx._report("BEGIN")
+        tx.report("BEGIN")
         try:
             async with raw.transaction():
                 yield tx
         except BaseException:
-            tx._report("ROLLBACK")
+            tx.report("ROLLBACK")
             if not raw.is_closed() and raw.is_in_transaction():
                 # The rollback did not happen (a cancellation mid-statement, say): no
                 # later user may inherit this transaction. A closed connection is
                 # dropped by the pool at its next checkout (store.database).
                 raw.terminate()
             raise
-        tx._report("COMMIT")
+        tx.report("COMMIT")
     finally:
         proxied.close()

@@ -33,7 +33,8 @@ WEBHOOK = "webhook"
 NOOP = "noop"
 NOTIFICATION_ONLY = "notification"  # benchmark: write one notification row
 
-_ENQUEUE_SQL = QueryQueueBuilder().build_enqueue_query("skip")
+# pgqueuer's own enqueue statement, built once (tests name it among the write statements).
+ENQUEUE_SQL = QueryQueueBuilder().build_enqueue_query("skip")
 _BEGIN = text("SELECT 1")
 
 
@@ -58,14 +59,14 @@ async def enqueue(conn: AsyncConnection, jobs: Sequence[Job]) -> list[int | None
         await conn.execute(_BEGIN)
         if not raw.is_in_transaction():
             raise RuntimeError("jobs must be enqueued inside a transaction (engine.begin())")
-    return _ids(jobs, await raw.fetch(_ENQUEUE_SQL, *_arguments(jobs)))
+    return _ids(jobs, await raw.fetch(ENQUEUE_SQL, *_arguments(jobs)))
 
 
 async def enqueue_in(tx: Tx, jobs: Sequence[Job]) -> list[int | None]:
     """`enqueue` in a transaction of store.hot (the case writes)."""
     if not jobs:
         return []
-    return _ids(jobs, await tx.fetch(_ENQUEUE_SQL, *_arguments(jobs)))
+    return _ids(jobs, await tx.fetch(ENQUEUE_SQL, *_arguments(jobs)))
 
 
 def _arguments(jobs: Sequence[Job]) -> list[list[Any]]:

@@ -247,6 +247,7 @@ async def _refuse_create(
 
 async def _refuse_users(tx: Tx, user_ids: Sequence[int]) -> NoReturn:
     """Raise which of `user_ids` do not exist or are deactivated."""
+    # No location to check here: 0 is no location id.
     found = await tx.fetchrow(case_writes.DIAGNOSE, {"location_id": 0, "people": list(user_ids)})
     _refuse(found, user_ids)
     raise InvalidReference("a user changed while the case was written; retry")
